@@ -32,6 +32,9 @@ KINDS = (
 )
 
 
+BLANK_STD = 3.0  # max per-channel pixel standard deviation (0-255) of a structureless image
+
+
 @dataclass(frozen=True)
 class AuditThresholds:
     """Decision thresholds of the audit; defaults measured on the PBC data (results/audit.md)."""
@@ -216,15 +219,21 @@ def run_audit(
     flagged_non_cell: set[int] = set()
     if len(distinct):
         z = non_cell_scores(appearance_features(images[distinct]), seed=seed)
+        # A picture with (almost) no structure, such as a flat colour, is never a smear, however
+        # typical its colour; the appearance model alone can mistake it for a colour cast.
+        spatial_std = images[distinct].reshape(len(distinct), -1, 3).std(axis=1).max(axis=1)
+        blank = spatial_std < BLANK_STD
         members = _members_by_root(union, len(records))
-        for position in np.flatnonzero(z > thresholds.non_cell):
+        for position in np.flatnonzero((z > thresholds.non_cell) | blank):
             root = int(distinct[position])
             ids = tuple(records[i].id for i in members[root])
             flagged_non_cell.update(members[root])
-            findings.append(
-                Finding("non_cell", ids, f"not like a stained smear (robust z={z[position]:.1f})",
-                        round(float(z[position]), 3))
+            detail = (
+                "blank: no structure"
+                if blank[position]
+                else f"not like a stained smear (robust z={z[position]:.1f})"
             )
+            findings.append(Finding("non_cell", ids, detail, round(float(z[position]), 3)))
         candidates = np.array([i for i in np.flatnonzero(readable) if i not in flagged_non_cell])
         if len(candidates):
             distance, direction = colour_cast_scores(images[candidates])

@@ -275,7 +275,9 @@ def _load_npz(path: Path, classes: Sequence[str] | None) -> Dataset:
         )
     if images.dtype != np.uint8:
         if images.size and (images.min() < 0 or images.max() > 255):
-            raise DataError(f"{path}: 'images' must hold 0–255 values. Received: dtype={images.dtype}")
+            raise DataError(
+                f"{path}: 'images' must hold 0–255 values. Received: dtype={images.dtype}"
+            )
         images = images.astype(np.uint8)
     labels = labels.astype(np.int64)
     names = list(classes) if classes is not None else _sidecar_classes(path, labels)
@@ -286,7 +288,9 @@ def _load_npz(path: Path, classes: Sequence[str] | None) -> Dataset:
     records = []
     for index in range(len(images)):
         digest = hashlib.sha256(np.ascontiguousarray(images[index]).tobytes()).hexdigest()
-        records.append(ImageRecord(f"{path.name}#{index}", digest, names[labels[index]], index=index))
+        records.append(
+            ImageRecord(f"{path.name}#{index}", digest, names[labels[index]], index=index)
+        )
     return Dataset(path, names, records, [], images)
 
 

@@ -44,7 +44,7 @@ class UnionFind:
         members: dict[int, list[int]] = defaultdict(list)
         for item in range(len(self.parent)):
             members[self.find(item)].append(item)
-        return sorted((sorted(group) for group in members.values() if len(group) > 1))
+        return sorted(sorted(group) for group in members.values() if len(group) > 1)
 
 
 def exact_groups(pixel_hashes: Sequence[str]) -> list[list[int]]:
@@ -88,7 +88,10 @@ def near_duplicate_pairs(
         return []
     thumbs = gray_thumbnails(images)
     candidates: set[tuple[int, int]] = set()
-    for descriptor, k in ((_unit_rows(thumbs.reshape(len(thumbs), -1)), 3), (_fourier(thumbs), neighbours)):
+    for descriptor, k in (
+        (_unit_rows(thumbs.reshape(len(thumbs), -1)), 3),
+        (_fourier(thumbs), neighbours),
+    ):
         for i, row in enumerate(_top_neighbours(descriptor, min(k, len(images) - 1))):
             candidates.update((min(i, j), max(i, j)) for j in row)
     pairs = sorted(candidates)

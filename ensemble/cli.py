@@ -1,0 +1,176 @@
+"""The ``ensemble`` command. Thin: parse options, call the library, print.
+
+Errors caused by input or configuration (:class:`ensemble.errors.EnsembleError`) are printed
+as one line on stderr with exit code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ensemble.errors import EnsembleError
+
+app = typer.Typer(
+    name="ensemble",
+    help="Blood-cell image classification with an ensemble of CNN members.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+_state = {"debug": False}
+
+DataArgument = Annotated[
+    Path | None,
+    typer.Argument(
+        help="Class folder DIR/<class>/<image>, an .npz (images, labels) or a path,label CSV.",
+        show_default=False,
+    ),
+]
+ClassesOption = Annotated[
+    str | None,
+    typer.Option("--classes", help="Comma-separated class names (for .npz integer labels)."),
+]
+DataRootOption = Annotated[
+    Path | None,
+    typer.Option("--data-root", help="Folder that a CSV manifest's relative paths start from."),
+]
+
+
+@app.callback()
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    """Blood-cell image classification with an ensemble of CNN members."""
+    _state["debug"] = debug
+
+
+@app.command()
+def audit(
+    data: DataArgument = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the full report as JSON here.")
+    ] = None,
+    write_clean: Annotated[
+        Path | None,
+        typer.Option("--write-clean", help="Write a path,label CSV without the flagged images."),
+    ] = None,
+    synthetic: Annotated[
+        bool, typer.Option("--synthetic", help="Audit the built-in synthetic data set.")
+    ] = False,
+    near_duplicate: Annotated[
+        float, typer.Option(help="Min thumbnail correlation of a near duplicate (0-1].")
+    ] = 0.93,
+    colour_cast: Annotated[
+        float, typer.Option(help="Max background chromaticity distance from the median.")
+    ] = 0.07,
+    non_cell: Annotated[
+        float, typer.Option(help="Max robust z-score before an image counts as non-cell.")
+    ] = 12.0,
+    classes: ClassesOption = None,
+    data_root: DataRootOption = None,
+    limit: Annotated[int, typer.Option(help="Findings shown per kind.")] = 5,
+) -> None:
+    """Find unreadable files, duplicates, label conflicts, non-cell images and colour casts."""
+    from ensemble.audit import AuditThresholds, run_audit
+
+    thresholds = AuditThresholds(near_duplicate, colour_cast, non_cell)
+    with tempfile.TemporaryDirectory() as scratch:
+        if synthetic:
+            from ensemble.synthetic import write_folder
+
+            data = write_folder(Path(scratch) / "synthetic", per_class=30, size=96)
+            typer.echo(f"built-in synthetic data set: 240 images in {data}", err=True)
+        dataset = _load(data, classes, data_root)
+        report = run_audit(dataset, thresholds)
+        typer.echo(report.summary(limit))
+        if json_out:
+            from ensemble.fileio import atomic_write_text
+
+            atomic_write_text(json_out, report.to_json())
+            typer.echo(f"report written to {json_out}")
+        if write_clean:
+            kept = report.write_clean_manifest(write_clean)
+            typer.echo(
+                f"clean manifest ({kept} images, paths relative to {dataset.root}) "
+                f"written to {write_clean}"
+            )
+
+
+@app.command()
+def split(
+    data: DataArgument = None,
+    out: Annotated[Path, typer.Option("--out", help="Where to write the split JSON.")] = Path(
+        "split.json"
+    ),
+    seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
+    fractions: Annotated[
+        str, typer.Option(help="train,val,blend,test fractions, summing to 1.")
+    ] = "0.70,0.10,0.10,0.10",
+    clean: Annotated[
+        bool, typer.Option(help="Leave the audit's flagged images out of every split.")
+    ] = True,
+    classes: ClassesOption = None,
+    data_root: DataRootOption = None,
+) -> None:
+    """Make a leak-free stratified train/val/blend/test split (duplicate groups kept together)."""
+    from ensemble.audit import run_audit
+    from ensemble.split import SPLITS, make_split, save_split
+
+    dataset = _load(data, classes, data_root)
+    shares = _parse_fractions(fractions)
+    report = run_audit(dataset)
+    excluded = sorted(report.excluded_ids()) if clean else []
+    result = make_split(dataset, report.groups, dict(zip(SPLITS, shares)), seed, excluded)
+    save_split(result, dataset, out)
+    counts = ", ".join(f"{name} {len(result.ids(name))}" for name in SPLITS)
+    typer.echo(f"split written to {out}: {counts}, excluded {len(excluded)}")
+
+
+def _parse_fractions(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"fractions must be 4 numbers. Received: {text!r}") from None
+    if len(values) != 4:
+        raise typer.BadParameter(f"fractions must be 4 numbers (train,val,blend,test). Received: {text!r}")
+    return values
+
+
+def _load(data: Path | None, classes: str | None, data_root: Path | None):
+    from ensemble.data import load_dataset
+
+    if data is None:
+        raise typer.BadParameter("give a DATA folder, .npz or .csv (or --synthetic where offered)")
+    names = [name.strip() for name in classes.split(",")] if classes else None
+    return load_dataset(data, classes=names, root=data_root)
+
+
+def main() -> None:
+    """Entry point of the ``ensemble`` console script."""
+    try:
+        app(standalone_mode=False)
+    except EnsembleError as error:
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as error:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(error, click.exceptions.ClickException):
+            if _state["debug"]:
+                raise
+            message = error.format_message().replace("\n", " ")
+            typer.echo(f"error: {message}", err=True)
+            sys.exit(error.exit_code)
+        raise
