@@ -139,7 +139,9 @@ def _parse_fractions(text: str) -> list[float]:
     except ValueError:
         raise typer.BadParameter(f"fractions must be 4 numbers. Received: {text!r}") from None
     if len(values) != 4:
-        raise typer.BadParameter(f"fractions must be 4 numbers (train,val,blend,test). Received: {text!r}")
+        raise typer.BadParameter(
+            f"fractions must be 4 numbers (train,val,blend,test). Received: {text!r}"
+        )
     return values
 
 

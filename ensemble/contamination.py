@@ -18,7 +18,14 @@ from PIL import Image, ImageDraw
 
 from ensemble.data import load_dataset
 
-KINDS = ("unreadable", "exact_duplicate", "near_duplicate", "label_conflict", "non_cell", "colour_cast")
+KINDS = (
+    "unreadable",
+    "exact_duplicate",
+    "near_duplicate",
+    "label_conflict",
+    "non_cell",
+    "colour_cast",
+)
 
 
 @dataclass
@@ -96,7 +103,11 @@ def contaminate(
     for index in range(per_kind):
         label = classes[index % len(classes)]
         # Two thirds are copies of two pictures (the report's case), the rest are distinct.
-        picture = pictures[index % 2] if index < 2 * per_kind // 3 else pictures[2 + index % (len(pictures) - 2)]
+        picture = (
+            pictures[index % 2]
+            if index < 2 * per_kind // 3
+            else pictures[2 + index % (len(pictures) - 2)]
+        )
         image_id = new_id(label, "noncell")
         _save(picture, result.root / image_id)
         result.injected["non_cell"].append(image_id)
@@ -138,7 +149,9 @@ def non_cell_pictures(rng: np.random.Generator, count: int, size: int = 96) -> l
             for _ in range(int(rng.integers(2, 8))):
                 x0, x1 = sorted(int(v) for v in rng.integers(0, size, 2))
                 y0, y1 = sorted(int(v) for v in rng.integers(0, size, 2))
-                draw.rectangle([x0, y0, x1, y1], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+                draw.rectangle(
+                    [x0, y0, x1, y1], fill=tuple(int(v) for v in rng.integers(0, 256, 3))
+                )
             draw.text((8, size // 2), "SAMPLE", fill=(0, 0, 0))
             pictures.append(np.asarray(canvas))
         elif kind == 3:

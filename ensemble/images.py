@@ -91,8 +91,11 @@ def decode_image(source: Path | bytes, size: int | None = None) -> DecodedImage:
         raise
     except UnidentifiedImageError:
         raise UnreadableImage("not an image (no known image format)") from None
-    except Image.DecompressionBombError as error:
-        raise UnreadableImage(f"image too large: {error}") from None
+    except Image.DecompressionBombError:
+        # PIL refuses at open() what is far beyond its own limit, before reading pixel data.
+        raise UnreadableImage(
+            f"image too large: over {Image.MAX_IMAGE_PIXELS:,} pixels (possible decompression bomb)"
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise UnreadableImage(f"corrupt or truncated image: {error}") from None
     if rgb.shape[0] < 1 or rgb.shape[1] < 1:
