@@ -1,5 +1,7 @@
-"""``ensemble audit``: find unreadable files, duplicates, label conflicts, non-cell pictures and
-colour casts, and write a clean manifest without them.
+"""``ensemble audit``: find what should not be trained on, and write a clean manifest.
+
+It finds unreadable files, exact and near duplicates, label conflicts, non-cell pictures and
+colour casts.
 
 The audit never modifies the user's files. Its result, :class:`AuditReport`, is also what the
 split uses to keep every duplicate group inside one split.

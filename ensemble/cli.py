@@ -127,7 +127,9 @@ def split(
     shares = _parse_fractions(fractions)
     report = run_audit(dataset)
     excluded = sorted(report.excluded_ids()) if clean else []
-    result = make_split(dataset, report.groups, dict(zip(SPLITS, shares)), seed, excluded)
+    result = make_split(
+        dataset, report.groups, dict(zip(SPLITS, shares, strict=True)), seed, excluded
+    )
     save_split(result, dataset, out)
     counts = ", ".join(f"{name} {len(result.ids(name))}" for name in SPLITS)
     typer.echo(f"split written to {out}: {counts}, excluded {len(excluded)}")

@@ -93,7 +93,7 @@ def contaminate(
         image_id = new_id(label, ".DS_bad" if index % 4 == 3 else "bad")
         (result.root / image_id).write_bytes(_unreadable_bytes(index, clean[index].path, rng))
         result.injected["unreadable"].append(image_id)
-    for index in range(per_kind):
+    for _ in range(per_kind):
         record = next(sources)
         pixels = np.asarray(Image.open(record.path).convert("RGB"))
         image_id = new_id(record.label, "cast")

@@ -228,8 +228,8 @@ def _load_folder(root: Path) -> Dataset:
             found += 1
         if found == 0:
             raise DataError(
-                f"class folder {class_dir} has no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))}). "
-                "Add images or remove the folder."
+                f"class folder {class_dir} has no images (looked for "
+                f"{', '.join(sorted(IMAGE_SUFFIXES))}). Add images or remove the folder."
             )
     return Dataset(root, [d.name for d in class_dirs], records, skipped)
 
@@ -283,7 +283,8 @@ def _load_npz(path: Path, classes: Sequence[str] | None) -> Dataset:
     names = list(classes) if classes is not None else _sidecar_classes(path, labels)
     if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
         raise DataError(
-            f"{path}: labels range {labels.min()}..{labels.max()} but {len(names)} class names given"
+            f"{path}: labels range {labels.min()}..{labels.max()} "
+            f"but {len(names)} class names are given"
         )
     records = []
     for index in range(len(images)):
