@@ -218,7 +218,6 @@ def run_audit(
     # Score each distinct picture once: hundreds of copies of one non-cell image must not
     # pull the model of a typical image towards it.
     distinct = np.array([i for i in range(len(records)) if readable[i] and union.find(i) == i])
-    flagged_non_cell: set[int] = set()
     if len(distinct):
         z = non_cell_scores(appearance_features(images[distinct]), seed=seed)
         # A picture with (almost) no structure, such as a flat colour, is never a smear, however
@@ -229,14 +228,15 @@ def run_audit(
         for position in np.flatnonzero((z > thresholds.non_cell) | blank):
             root = int(distinct[position])
             ids = tuple(records[i].id for i in members[root])
-            flagged_non_cell.update(members[root])
             detail = (
                 "blank: no structure"
                 if blank[position]
                 else f"not like a stained smear (robust z={z[position]:.1f})"
             )
             findings.append(Finding("non_cell", ids, detail, round(float(z[position]), 3)))
-        candidates = np.array([i for i in np.flatnonzero(readable) if i not in flagged_non_cell])
+        # Every readable image is checked for a cast, non-cell ones too: a strongly cast cell
+        # can also look unlike a smear, and then both findings are true.
+        candidates = np.flatnonzero(readable)
         if len(candidates):
             distance, direction = colour_cast_scores(images[candidates])
             for position in np.flatnonzero(distance > thresholds.colour_cast):

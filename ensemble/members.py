@@ -1,0 +1,82 @@
+"""Train every member of a pipeline into a run directory (``ensemble train-members``)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from ensemble.data import Dataset
+from ensemble.errors import ConfigError
+from ensemble.run import create_or_open_run
+from ensemble.specs import PipelineSpec
+from ensemble.training import TrainingData, is_finished, train_member
+
+
+def train_pipeline_members(
+    pipeline: PipelineSpec,
+    dataset: Dataset,
+    run_dir: Path,
+    *,
+    only: list[str] | None = None,
+    force: bool = False,
+    strategy: str = "default",
+) -> dict[str, dict]:
+    """Create or reuse the run's split, then train each member in turn.
+
+    Finished members are skipped (unless ``force``); an interrupted member resumes after its
+    last completed epoch. ``only`` restricts training to named members, so separate machines
+    can train different members into one shared run directory.
+
+    Returns:
+        Member name → metrics, for the members trained or found finished.
+
+    Raises:
+        ConfigError: ``only`` names a member that is not in the pipeline.
+    """
+    names = [member.name for member in pipeline.members]
+    for name in only or []:
+        if name not in names:
+            raise ConfigError(
+                f"--only {name!r} is not a member of {pipeline.name}. Members: {names}"
+            )
+    run = create_or_open_run(run_dir, dataset, pipeline)
+    distribute = _strategy(strategy)
+    results = {}
+    for spec in pipeline.members:
+        if only and spec.name not in only:
+            continue
+        member_dir = run.member_dir(spec.name)
+        if is_finished(member_dir) and not force:
+            print(f"{spec.name}: already trained, skipped (--force retrains)", file=sys.stderr)
+        else:
+            print(
+                f"{spec.name}: training ({spec.kind}, {spec.backbone}, {spec.input_size}px)",
+                file=sys.stderr,
+            )
+        began = time.perf_counter()
+        if spec.kind == "ovr":
+            from ensemble.ovr import train_ovr_member
+
+            results[spec.name] = train_ovr_member(spec, run, force=force)
+        else:
+            train_images, train_labels = run.images("train", spec.input_size)
+            val_images, val_labels = run.images("val", spec.input_size)
+            data = TrainingData(
+                train_images, train_labels, val_images, val_labels, len(dataset.classes)
+            )
+            results[spec.name] = train_member(
+                spec, data, member_dir, force=force, strategy=distribute
+            )
+        print(f"{spec.name}: done in {time.perf_counter() - began:.0f} s", file=sys.stderr)
+    return results
+
+
+def _strategy(name: str):
+    if name == "default":
+        return None
+    if name == "mirrored":
+        import tensorflow as tf
+
+        return tf.distribute.MirroredStrategy()
+    raise ConfigError(f"strategy must be 'default' or 'mirrored'. Received: strategy={name!r}")

@@ -1,0 +1,364 @@
+"""Train one CNN member: build the model, run its schedule, checkpoint every epoch, resume.
+
+A member directory holds::
+
+    spec.json            the resolved spec (a restarted run refuses a different one)
+    checkpoint/last.keras, checkpoint/state.json   the last completed epoch (model + optimizer)
+    best.keras           the best model so far by validation accuracy
+    model.keras          the finished member (the best epoch's model)
+    history.json         per-epoch loss, accuracy, validation accuracy and macro-F1, timings
+    metrics.json         written last: the member is finished only once it exists
+    tensorboard/         TensorBoard logs
+
+Every file is written to a temporary name and renamed, so a process killed at any moment (even
+SIGKILL mid-save) leaves only complete files; a restart continues after the last completed epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ensemble.errors import RunError
+from ensemble.fileio import atomic_write_json
+from ensemble.pipeline import class_weights, training_dataset
+from ensemble.specs import MemberSpec
+
+FINISHED = "metrics.json"
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Decoded training and validation images of one member's input size."""
+
+    train_images: np.ndarray  # (N, S, S, 3) uint8
+    train_labels: np.ndarray  # (N,) int
+    val_images: np.ndarray  # (M, S, S, 3) uint8
+    val_labels: np.ndarray  # (M,) int
+    n_classes: int
+
+
+def build_member_model(spec: MemberSpec, n_classes: int):
+    """Backbone + classification head; input raw 0–255 RGB, output class probabilities.
+
+    The pooled-feature layer keeps its name (``pooled_features``) in the member model, so one
+    forward pass can return both probabilities and features.
+    """
+    import keras
+
+    from ensemble.backbones import build_backbone
+
+    keras.utils.set_random_seed(spec.seed)
+    backbone = build_backbone(spec.backbone, spec.input_size, spec.weights)
+    if not spec.pretrained:
+        for layer in _all_layers(backbone):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = spec.schedule.bn_momentum
+    x = backbone.output
+    if spec.head.dropout:
+        x = keras.layers.Dropout(spec.head.dropout, name="head_dropout_in")(x)
+    if spec.head.dense_units:
+        x = keras.layers.Dense(spec.head.dense_units, activation="relu", name="head_dense")(x)
+        if spec.head.batch_norm:
+            x = keras.layers.BatchNormalization(name="head_bn")(x)
+        if spec.head.dropout:
+            x = keras.layers.Dropout(spec.head.dropout, name="head_dropout")(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(backbone.input, outputs, name=spec.name)
+
+
+def is_finished(member_dir: Path) -> bool:
+    """True if the member in ``member_dir`` completed training."""
+    return (member_dir / FINISHED).is_file() and (member_dir / "model.keras").is_file()
+
+
+def train_member(
+    spec: MemberSpec,
+    data: TrainingData,
+    member_dir: Path,
+    *,
+    force: bool = False,
+    strategy=None,
+    verbose: int | None = None,
+    stop_after_epochs: int | None = None,
+) -> dict:
+    """Train (or resume, or skip) one CNN member.
+
+    Args:
+        spec: the member spec.
+        data: its training and validation images.
+        member_dir: where its files go (created).
+        force: discard earlier progress and start again.
+        strategy: an optional ``tf.distribute.Strategy`` to build and train under.
+        verbose: Keras verbosity; default a progress bar on a terminal, a line per epoch otherwise.
+        stop_after_epochs: stop (as if killed) after this many epochs in this call; for tests
+            and for splitting a long run over sessions. The member stays unfinished.
+
+    Returns:
+        The member's metrics (``metrics.json``); for an unfinished member, its last state.
+
+    Raises:
+        RunError: ``member_dir`` holds a member trained from a different spec (use ``force``).
+    """
+    import keras
+
+    member_dir = Path(member_dir)
+    if force and member_dir.exists():
+        shutil.rmtree(member_dir)
+    member_dir.mkdir(parents=True, exist_ok=True)
+    _check_or_write_spec(spec, member_dir)
+    if is_finished(member_dir):
+        return json.loads((member_dir / FINISHED).read_text())
+
+    scope = strategy.scope() if strategy is not None else _NullScope()
+    state = _load_state(member_dir)
+    total_epochs = _total_epochs(spec)
+    with scope:
+        if state is not None:
+            model = keras.models.load_model(
+                member_dir / "checkpoint" / "last.keras", safe_mode=True
+            )
+        else:
+            model = build_member_model(spec, data.n_classes)
+            _compile_for_epoch(model, spec, 0, len(data.train_labels))
+            state = {"epoch": 0, "best_val_accuracy": -1.0, "history": [], "stale_epochs": 0}
+
+    train = _make_training_dataset(spec, data)
+    started_epoch = state["epoch"]
+    verbose = verbose if verbose is not None else (1 if sys.stderr.isatty() else 2)
+    tensorboard = keras.callbacks.TensorBoard(log_dir=str(member_dir / "tensorboard"))
+    while state["epoch"] < total_epochs:
+        epoch = state["epoch"]
+        if spec.pretrained and epoch == spec.finetune.head_epochs and epoch > 0:
+            with scope:  # phase 2: unfreeze and fine-tune at a low learning rate
+                _compile_for_epoch(model, spec, epoch, len(data.train_labels))
+        began = time.perf_counter()
+        result = model.fit(
+            train, epochs=epoch + 1, initial_epoch=epoch, verbose=verbose, callbacks=[tensorboard]
+        )
+        seconds = time.perf_counter() - began
+        val_accuracy, val_f1 = _evaluate(model, data)
+        record = {
+            "epoch": epoch + 1,
+            "phase": _phase(spec, epoch),
+            "loss": float(result.history["loss"][-1]),
+            "accuracy": float(result.history["accuracy"][-1]),
+            "val_accuracy": val_accuracy,
+            "val_macro_f1": val_f1,
+            "seconds": round(seconds, 2),
+            "images_per_second": round(len(data.train_labels) / seconds, 1),
+        }
+        state["history"].append(record)
+        state["epoch"] = epoch + 1
+        improved = val_accuracy > state["best_val_accuracy"] + spec.early_stopping.min_delta
+        if improved:
+            state["best_val_accuracy"] = val_accuracy
+            state["best_epoch"] = epoch + 1
+            state["stale_epochs"] = 0
+            _atomic_save(model, member_dir / "best.keras")
+        else:
+            state["stale_epochs"] += 1
+        _atomic_save(model, member_dir / "checkpoint" / "last.keras")
+        atomic_write_json(member_dir / "checkpoint" / "state.json", state)
+        print(
+            f"  {spec.name} epoch {epoch + 1}/{total_epochs}: val accuracy {val_accuracy:.4f}, "
+            f"macro-F1 {val_f1:.4f}, {record['images_per_second']:.0f} img/s",
+            file=sys.stderr,
+            flush=True,
+        )
+        patience = spec.early_stopping.patience
+        if patience and state["stale_epochs"] >= patience:
+            break
+        if stop_after_epochs is not None and state["epoch"] - started_epoch >= stop_after_epochs:
+            return state
+    return _finish(spec, member_dir, state)
+
+
+def _finish(spec: MemberSpec, member_dir: Path, state: dict) -> dict:
+    history = state["history"]
+    train_seconds = sum(row["seconds"] for row in history)
+    images = sum(row["seconds"] * row["images_per_second"] for row in history)
+    best = max(history, key=lambda row: row["val_accuracy"])
+    metrics = {
+        "member": spec.name,
+        "backbone": spec.backbone,
+        "input_size": spec.input_size,
+        "weights": spec.weights,
+        "epochs_run": len(history),
+        "best_epoch": best["epoch"],
+        "val_accuracy": best["val_accuracy"],
+        "val_macro_f1": best["val_macro_f1"],
+        "train_seconds": round(train_seconds, 1),
+        "images_per_second": round(images / max(train_seconds, 1e-9), 1),
+    }
+    atomic_write_json(member_dir / "history.json", history)
+    _atomic_copy(member_dir / "best.keras", member_dir / "model.keras")
+    atomic_write_json(member_dir / FINISHED, metrics)  # last: marks the member finished
+    return metrics
+
+
+def _total_epochs(spec: MemberSpec) -> int:
+    if spec.pretrained:
+        return spec.finetune.head_epochs + spec.finetune.epochs
+    return spec.schedule.epochs
+
+
+def _phase(spec: MemberSpec, epoch: int) -> str:
+    if not spec.pretrained:
+        return "scratch"
+    return "head" if epoch < spec.finetune.head_epochs else "finetune"
+
+
+def _compile_for_epoch(model, spec: MemberSpec, epoch: int, n_train: int) -> None:
+    import keras
+
+    steps_per_epoch = int(np.ceil(n_train / spec.batch_size))
+    backbone_layers = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if spec.pretrained:
+        head_phase = epoch < spec.finetune.head_epochs
+        for network in backbone_layers:
+            network.trainable = not head_phase
+            if not head_phase and spec.finetune.unfreeze_from:
+                _freeze_before(network, spec.finetune.unfreeze_from)
+        rate = spec.finetune.head_learning_rate if head_phase else spec.finetune.learning_rate
+        optimizer = keras.optimizers.Adam(rate)
+    else:
+        schedule = spec.schedule
+        total = schedule.epochs * steps_per_epoch
+        warmup = int(schedule.warmup_epochs * steps_per_epoch)
+        rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=schedule.learning_rate * 0.01,
+            decay_steps=max(total - warmup, 1),
+            alpha=0.01,
+            warmup_target=schedule.learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
+        if not warmup:
+            rate = keras.optimizers.schedules.CosineDecay(schedule.learning_rate, total, alpha=0.01)
+        optimizer = keras.optimizers.AdamW(rate, weight_decay=schedule.weight_decay)
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=spec.schedule.label_smoothing)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+
+
+def _freeze_before(network, layer_name: str) -> None:
+    from ensemble.errors import ConfigError
+
+    names = [layer.name for layer in network.layers]
+    if layer_name not in names:
+        raise ConfigError(
+            f"finetune.unfreeze_from={layer_name!r} is not a layer of {network.name}. "
+            f"Layers include: {names[:3]} … {names[-3:]}"
+        )
+    index = names.index(layer_name)
+    for layer in network.layers[:index]:
+        layer.trainable = False
+
+
+def _make_training_dataset(spec: MemberSpec, data: TrainingData):
+    weights_table = class_weights(data.train_labels, data.n_classes, spec.class_weights)
+    sample_weights = None
+    if weights_table is not None:
+        sample_weights = np.array([weights_table[int(c)] for c in data.train_labels], np.float32)
+    one_hot = np.eye(data.n_classes, dtype=np.float32)[data.train_labels]
+    return training_dataset(
+        data.train_images,
+        one_hot,
+        batch_size=spec.batch_size,
+        augmentation=spec.augmentation,
+        seed=spec.seed,
+        sample_weights=sample_weights,
+    )
+
+
+def _evaluate(model, data: TrainingData) -> tuple[float, float]:
+    from sklearn.metrics import f1_score
+
+    from ensemble.pipeline import inference_dataset
+
+    if not len(data.val_labels):
+        return 0.0, 0.0
+    probabilities = model.predict(inference_dataset(data.val_images, 256), verbose=0)
+    predicted = probabilities.argmax(axis=1)
+    accuracy = float((predicted == data.val_labels).mean())
+    f1 = float(
+        f1_score(
+            data.val_labels,
+            predicted,
+            average="macro",
+            labels=list(range(data.n_classes)),
+            zero_division=0,
+        )
+    )
+    return round(accuracy, 6), round(f1, 6)
+
+
+def _check_or_write_spec(spec: MemberSpec, member_dir: Path) -> None:
+    path = member_dir / "spec.json"
+    resolved = spec.to_dict()
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved != json.loads(json.dumps(resolved)):
+            changed = sorted(
+                k for k in resolved if saved.get(k) != json.loads(json.dumps(resolved[k]))
+            )
+            raise RunError(
+                f"member {spec.name!r} in {member_dir} was trained from a different spec "
+                f"(changed: {changed}). Pass --force to retrain it, or use another run directory."
+            )
+        return
+    atomic_write_json(path, resolved)
+
+
+def _load_state(member_dir: Path) -> dict | None:
+    state_path = member_dir / "checkpoint" / "state.json"
+    model_path = member_dir / "checkpoint" / "last.keras"
+    if state_path.is_file() and model_path.is_file():
+        return json.loads(state_path.read_text())
+    return None
+
+
+def _atomic_save(model, path: Path) -> None:
+    """Save a Keras model to a temporary ``.keras`` file beside ``path``, then rename it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras", dir=path.parent)
+    os.close(handle)
+    try:
+        model.save(temporary)
+        with open(temporary, "rb") as stream:
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_copy(source: Path, target: Path) -> None:
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{target.stem}.", suffix=".tmp", dir=target.parent
+    )
+    os.close(handle)
+    shutil.copyfile(source, temporary)
+    os.replace(temporary, target)
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+class _NullScope:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,76 @@
+import pytest
+
+from ensemble.errors import ConfigError
+from ensemble.specs import load_member_spec, load_pipeline, member_spec_from_dict
+from tests.conftest import REPO
+
+BAD_SPECS = [
+    ({"backbon": "resnet50"}, "unknown key 'backbon'. Allowed keys: \\["),
+    ({"backbone": "vgg16"}, "backbone must be one of \\[.*Received: backbone='vgg16'"),
+    ({"kind": "tree"}, "kind must be one of \\['cnn', 'ovr'\\]"),
+    ({"input_size": 16}, "input_size must be >= 32. Received: input_size=16"),
+    ({"schedule": {"learning_rate": -0.1}}, "schedule.learning_rate must be > 0. Received"),
+    ({"schedule": {"epochs": 3, "warmup_epochs": 5}}, "schedule.warmup_epochs must be in \\[0, epochs\\)"),
+    ({"schedule": {"learnin_rate": 0.1}}, "\\[schedule\\]: unknown key 'learnin_rate'"),
+    ({"head": {"dropout": 1.5}}, "head.dropout must be in \\[0, 1\\)"),
+    ({"head": {"dense_units": "many"}}, "dense_units must be a int. Received: dense_units='many'"),
+    ({"augmentation": {"randaugment_magnitude": 3}}, "randaugment magnitude must be in \\[0, 1\\]"),
+    ({"class_weights": "sqrt"}, "class_weights must be 'balanced' or 'none'"),
+    ({"kind": "ovr"}, "ovr.base_member must be a member name"),
+    ({"head": 3}, "\\[head\\] must be a table"),
+]
+
+
+@pytest.mark.parametrize(("table", "match"), BAD_SPECS)
+def test_bad_member_specs(table, match):
+    with pytest.raises(ConfigError, match=match):
+        member_spec_from_dict({"name": "m", **table})
+
+
+def test_shipped_specs_load():
+    for path in sorted((REPO / "members").rglob("*.toml")):
+        spec = load_member_spec(path)
+        assert spec.name
+    for path in sorted((REPO / "pipelines").glob("*.toml")):
+        assert load_pipeline(path).members
+
+
+def test_both_flavours_ship_the_three_backbones():
+    scratch = {m.backbone for m in load_pipeline(REPO / "pipelines/pbc-cpu.toml").members if m.kind == "cnn"}
+    report = load_pipeline(REPO / "pipelines/an2dl.toml")
+    assert scratch == {"resnet50", "efficientnetb0", "mobilenetv2"}
+    assert {m.backbone for m in report.members if m.kind == "cnn"} == scratch
+    assert all(m.weights == "imagenet" and m.finetune.learning_rate == 8e-5 for m in report.members if m.kind == "cnn")
+    assert any(m.kind == "ovr" for m in report.members)
+
+
+def test_spec_file_name_is_default_name(tmp_path):
+    (tmp_path / "alpha.toml").write_text('backbone = "mobilenetv2"\n')
+    assert load_member_spec(tmp_path / "alpha.toml").name == "alpha"
+
+
+def test_invalid_toml_names_the_file(tmp_path):
+    (tmp_path / "x.toml").write_text("backbone = \n")
+    with pytest.raises(ConfigError, match="x.toml is not valid TOML"):
+        load_member_spec(tmp_path / "x.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ('members = ["ci/tiny-a.toml"]\nflavour = 1\n', "unknown key 'flavour'"),
+        ('members = []\n', "'members' must be a non-empty list"),
+        ('members = ["nope.toml"]\n', "member spec 'nope.toml' not found"),
+        ('members = ["ci/tiny-a.toml", "ci/tiny-a.toml"]\n', "member names must be unique"),
+        ('members = ["ci/tiny-ovr.toml"]\n', "needs base_member 'tiny-a' in the pipeline"),
+        ('members = ["ci/tiny-a.toml"]\nfractions = {train = 0.9, val = 0.2}\n', "must sum to 1"),
+    ],
+)
+def test_bad_pipelines(tmp_path, text, match):
+    path = REPO / "pipelines" / f"_test_{abs(hash(text))}.toml"
+    path.write_text(text)
+    try:
+        with pytest.raises(ConfigError, match=match):
+            load_pipeline(path)
+    finally:
+        path.unlink()

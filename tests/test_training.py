@@ -1,0 +1,96 @@
+import json
+
+import numpy as np
+import pytest
+
+from ensemble.errors import RunError
+from ensemble.specs import member_spec_from_dict
+from ensemble.synthetic import make_arrays
+from ensemble.training import TrainingData, build_member_model, is_finished, train_member
+
+TINY = {
+    "name": "tiny",
+    "backbone": "mobilenetv3small",
+    "input_size": 32,
+    "batch_size": 16,
+    "head": {"dense_units": 16, "dropout": 0.0},
+    "augmentation": {"dihedral": True, "randaugment_magnitude": 0.0},
+    "schedule": {"epochs": 3, "learning_rate": 0.003, "warmup_epochs": 0},
+    "early_stopping": {"patience": 0},
+}
+
+
+@pytest.fixture(scope="module")
+def data():
+    train_images, train_labels, _ = make_arrays(per_class=6, size=32, seed=0)
+    val_images, val_labels, _ = make_arrays(per_class=2, size=32, seed=1)
+    return TrainingData(train_images, train_labels, val_images, val_labels, 8)
+
+
+def test_loss_falls(data, tmp_path):
+    spec = member_spec_from_dict(TINY)
+    train_member(spec, data, tmp_path / "m", verbose=0)
+    history = json.loads((tmp_path / "m" / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert history[-1]["loss"] < history[0]["loss"]
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert set(metrics) >= {"val_accuracy", "val_macro_f1", "train_seconds", "images_per_second"}
+    assert (tmp_path / "m" / "tensorboard").is_dir()
+
+
+def test_save_load_identical_predictions(data, tmp_path):
+    import keras
+
+    spec = member_spec_from_dict(TINY | {"schedule": {"epochs": 1, "warmup_epochs": 0}})
+    train_member(spec, data, tmp_path / "m", verbose=0)
+    model = keras.models.load_model(tmp_path / "m" / "model.keras", safe_mode=True)
+    again = keras.models.load_model(tmp_path / "m" / "model.keras", safe_mode=True)
+    x = data.val_images.astype("float32")
+    assert np.array_equal(model.predict(x, verbose=0), again.predict(x, verbose=0))
+    assert model.get_layer("pooled_features") is not None
+
+
+def test_interrupted_member_resumes_after_last_epoch(data, tmp_path):
+    spec = member_spec_from_dict(TINY)
+    state = train_member(spec, data, tmp_path / "m", verbose=0, stop_after_epochs=1)
+    assert state["epoch"] == 1 and not is_finished(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "checkpoint" / "state.json").read_text())
+    assert saved["epoch"] == 1
+    train_member(spec, data, tmp_path / "m", verbose=0)
+    history = json.loads((tmp_path / "m" / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert history[0] == saved["history"][0]  # the first epoch was not redone
+    assert is_finished(tmp_path / "m")
+    # Finished: another call does nothing and returns the same metrics.
+    before = (tmp_path / "m" / "metrics.json").read_text()
+    assert train_member(spec, data, tmp_path / "m", verbose=0) == json.loads(before)
+
+
+def test_changed_spec_refused_unless_forced(data, tmp_path):
+    spec = member_spec_from_dict(TINY | {"schedule": {"epochs": 1, "warmup_epochs": 0}})
+    train_member(spec, data, tmp_path / "m", verbose=0, stop_after_epochs=1)
+    changed = member_spec_from_dict(TINY | {"seed": 5, "schedule": {"epochs": 1, "warmup_epochs": 0}})
+    with pytest.raises(RunError, match="trained from a different spec \\(changed: \\['seed'\\]\\).*--force"):
+        train_member(changed, data, tmp_path / "m", verbose=0)
+    train_member(changed, data, tmp_path / "m", verbose=0, force=True)
+    assert json.loads((tmp_path / "m" / "spec.json").read_text())["seed"] == 5
+
+
+def test_from_scratch_batch_norm_momentum_is_short():
+    import keras
+
+    model = build_member_model(member_spec_from_dict(TINY), 8)
+    momenta = {
+        layer.momentum
+        for network in model.layers
+        for layer in getattr(network, "layers", [network])
+        if isinstance(layer, keras.layers.BatchNormalization)
+    }
+    assert momenta == {0.9}
+
+
+def test_no_temporary_files_left(data, tmp_path):
+    spec = member_spec_from_dict(TINY | {"schedule": {"epochs": 1, "warmup_epochs": 0}})
+    train_member(spec, data, tmp_path / "m", verbose=0)
+    leftovers = [p.name for p in (tmp_path / "m").rglob(".*") if p.is_file()]
+    assert leftovers == []
