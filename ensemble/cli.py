@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -136,7 +136,7 @@ def split(
     typer.echo(f"split written to {out}: {counts}, excluded {len(excluded)}")
 
 
-class Strategy(str, Enum):
+class Strategy(StrEnum):
     """How a member is trained."""
 
     default = "default"

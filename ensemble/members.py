@@ -50,10 +50,12 @@ def train_pipeline_members(
         if is_finished(member_dir) and not force:
             print(f"{spec.name}: already trained, skipped (--force retrains)", file=sys.stderr)
         else:
-            print(
-                f"{spec.name}: training ({spec.kind}, {spec.backbone}, {spec.input_size}px)",
-                file=sys.stderr,
+            what = (
+                f"one-vs-rest heads on {spec.ovr.base_member}"
+                if spec.kind == "ovr"
+                else f"{spec.backbone}, {spec.input_size} px, weights {spec.weights}"
             )
+            print(f"{spec.name}: training ({what})", file=sys.stderr)
         began = time.perf_counter()
         if spec.kind == "ovr":
             from ensemble.ovr import train_ovr_member

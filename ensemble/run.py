@@ -23,8 +23,8 @@ from ensemble import FORMAT_VERSION, __version__
 from ensemble.data import Dataset
 from ensemble.errors import RunError
 from ensemble.fileio import atomic_write_json, atomic_write_text
-from ensemble.split import Split, load_split, make_split, save_split
 from ensemble.specs import PipelineSpec
+from ensemble.split import Split, load_split, make_split, save_split
 
 
 @dataclass

@@ -153,8 +153,9 @@ def member_spec_from_dict(table: dict[str, Any], source: str = "member spec") ->
 
 
 def load_pipeline(path: Path | str) -> PipelineSpec:
-    """Read a pipeline TOML and the member specs it lists (paths relative to the repository's
-    ``members/`` folder, or to the pipeline file's own folder).
+    """Read a pipeline TOML and the member specs it lists.
+
+    Member paths are relative to the pipeline file's folder or to the repository's ``members/``.
     """
     path = Path(path)
     if not path.is_file():

@@ -41,7 +41,10 @@ def test_caffe_preprocessing_is_bgr_minus_mean():
     [
         ({"name": "vgg99", "input_size": 32}, "unknown backbone 'vgg99'. Choose from \\["),
         ({"name": "mobilenetv2", "input_size": 8}, "input size 8 is too small"),
-        ({"name": "mobilenetv2", "input_size": 32, "weights": "/no/such.h5"}, "weights file not found"),
+        (
+            {"name": "mobilenetv2", "input_size": 32, "weights": "/no/such.h5"},
+            "weights file not found",
+        ),
     ],
 )
 def test_bad_backbone_arguments(kwargs, match):
@@ -57,7 +60,9 @@ def test_imagenet_offline_fails_with_advice(monkeypatch):
 
     monkeypatch.setattr(keras.utils, "get_file", offline)
     monkeypatch.setattr("keras.src.applications.mobilenet_v2.file_utils.get_file", offline)
-    with pytest.raises(ConfigError, match="could not download the ImageNet weights.*weights='none'"):
+    with pytest.raises(
+        ConfigError, match="could not download the ImageNet weights.*weights='none'"
+    ):
         build_backbone("mobilenetv2", 96, weights="imagenet")
 
 

@@ -9,7 +9,13 @@ def test_heads_learn_separable_classes():
     centres = rng.normal(0, 4, (3, 10))
     labels = np.repeat(np.arange(3), 60)
     features = centres[labels] + rng.normal(0, 1, (180, 10))
-    spec = member_spec_from_dict({"name": "o", "kind": "ovr", "ovr": {"base_member": "x", "epochs": 40, "learning_rate": 0.05}})
+    spec = member_spec_from_dict(
+        {
+            "name": "o",
+            "kind": "ovr",
+            "ovr": {"base_member": "x", "epochs": 40, "learning_rate": 0.05},
+        }
+    )
     heads, history = fit_heads(spec, features, labels, features, labels, 3)
     assert len(heads) == 3 and len(history) == 3
     scores = np.column_stack([h.predict(features, verbose=0)[:, 0] for h in heads])

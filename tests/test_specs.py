@@ -10,7 +10,10 @@ BAD_SPECS = [
     ({"kind": "tree"}, "kind must be one of \\['cnn', 'ovr'\\]"),
     ({"input_size": 16}, "input_size must be >= 32. Received: input_size=16"),
     ({"schedule": {"learning_rate": -0.1}}, "schedule.learning_rate must be > 0. Received"),
-    ({"schedule": {"epochs": 3, "warmup_epochs": 5}}, "schedule.warmup_epochs must be in \\[0, epochs\\)"),
+    (
+        {"schedule": {"epochs": 3, "warmup_epochs": 5}},
+        "schedule.warmup_epochs must be in \\[0, epochs\\)",
+    ),
     ({"schedule": {"learnin_rate": 0.1}}, "\\[schedule\\]: unknown key 'learnin_rate'"),
     ({"head": {"dropout": 1.5}}, "head.dropout must be in \\[0, 1\\)"),
     ({"head": {"dense_units": "many"}}, "dense_units must be a int. Received: dense_units='many'"),
@@ -36,11 +39,19 @@ def test_shipped_specs_load():
 
 
 def test_both_flavours_ship_the_three_backbones():
-    scratch = {m.backbone for m in load_pipeline(REPO / "pipelines/pbc-cpu.toml").members if m.kind == "cnn"}
+    scratch = {
+        m.backbone
+        for m in load_pipeline(REPO / "pipelines/pbc-cpu.toml").members
+        if m.kind == "cnn"
+    }
     report = load_pipeline(REPO / "pipelines/an2dl.toml")
     assert scratch == {"resnet50", "efficientnetb0", "mobilenetv2"}
     assert {m.backbone for m in report.members if m.kind == "cnn"} == scratch
-    assert all(m.weights == "imagenet" and m.finetune.learning_rate == 8e-5 for m in report.members if m.kind == "cnn")
+    assert all(
+        m.weights == "imagenet" and m.finetune.learning_rate == 8e-5
+        for m in report.members
+        if m.kind == "cnn"
+    )
     assert any(m.kind == "ovr" for m in report.members)
 
 
@@ -59,7 +70,7 @@ def test_invalid_toml_names_the_file(tmp_path):
     ("text", "match"),
     [
         ('members = ["ci/tiny-a.toml"]\nflavour = 1\n', "unknown key 'flavour'"),
-        ('members = []\n', "'members' must be a non-empty list"),
+        ("members = []\n", "'members' must be a non-empty list"),
         ('members = ["nope.toml"]\n', "member spec 'nope.toml' not found"),
         ('members = ["ci/tiny-a.toml", "ci/tiny-a.toml"]\n', "member names must be unique"),
         ('members = ["ci/tiny-ovr.toml"]\n', "needs base_member 'tiny-a' in the pipeline"),

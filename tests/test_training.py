@@ -69,8 +69,12 @@ def test_interrupted_member_resumes_after_last_epoch(data, tmp_path):
 def test_changed_spec_refused_unless_forced(data, tmp_path):
     spec = member_spec_from_dict(TINY | {"schedule": {"epochs": 1, "warmup_epochs": 0}})
     train_member(spec, data, tmp_path / "m", verbose=0, stop_after_epochs=1)
-    changed = member_spec_from_dict(TINY | {"seed": 5, "schedule": {"epochs": 1, "warmup_epochs": 0}})
-    with pytest.raises(RunError, match="trained from a different spec \\(changed: \\['seed'\\]\\).*--force"):
+    changed = member_spec_from_dict(
+        TINY | {"seed": 5, "schedule": {"epochs": 1, "warmup_epochs": 0}}
+    )
+    with pytest.raises(
+        RunError, match="trained from a different spec \\(changed: \\['seed'\\]\\).*--force"
+    ):
         train_member(changed, data, tmp_path / "m", verbose=0)
     train_member(changed, data, tmp_path / "m", verbose=0, force=True)
     assert json.loads((tmp_path / "m" / "spec.json").read_text())["seed"] == 5
