@@ -78,7 +78,31 @@ def _strategy(name: str):
     if name == "default":
         return None
     if name == "mirrored":
-        import tensorflow as tf
-
-        return tf.distribute.MirroredStrategy()
+        return _mirrored_strategy()
     raise ConfigError(f"strategy must be 'default' or 'mirrored'. Received: strategy={name!r}")
+
+
+def _mirrored_strategy():
+    """MirroredStrategy over the GPUs, or else over the CPU's logical devices.
+
+    ``ENSEMBLE_CPU_REPLICAS=N`` splits the CPU into N logical devices first (it must be set
+    before TensorFlow starts its runtime), which is how the tests exercise two replicas on one
+    CPU.
+    """
+    import os
+
+    import tensorflow as tf
+
+    replicas = int(os.environ.get("ENSEMBLE_CPU_REPLICAS", "0") or 0)
+    cpus = tf.config.list_physical_devices("CPU")
+    if replicas > 1:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(replicas)]
+        )
+    if tf.config.list_physical_devices("GPU"):
+        strategy = tf.distribute.MirroredStrategy()
+    else:
+        devices = [device.name for device in tf.config.list_logical_devices("CPU")]
+        strategy = tf.distribute.MirroredStrategy(devices=devices)
+    print(f"MirroredStrategy with {strategy.num_replicas_in_sync} replicas", file=sys.stderr)
+    return strategy

@@ -142,7 +142,12 @@ def train_member(
                 _compile_for_epoch(model, spec, epoch, len(data.train_labels))
         began = time.perf_counter()
         result = model.fit(
-            train, epochs=epoch + 1, initial_epoch=epoch, verbose=verbose, callbacks=[tensorboard]
+            train,
+            epochs=epoch + 1,
+            initial_epoch=epoch,
+            verbose=verbose,
+            callbacks=[tensorboard],
+            shuffle=False,  # the tf.data pipeline shuffles
         )
         seconds = time.perf_counter() - began
         val_accuracy, val_f1 = _evaluate(model, data)
