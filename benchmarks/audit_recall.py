@@ -112,7 +112,7 @@ def main() -> None:
     counts = real.counts()
     lines += [
         "",
-        "(\"clean images wrongly flagged\" counts clean images reported as unreadable, non-cell "
+        '("clean images wrongly flagged" counts clean images reported as unreadable, non-cell '
         "or colour cast; clean images that are the source of an injected copy are rightly in a "
         "duplicate group and are not counted.)",
         "",

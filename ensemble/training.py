@@ -151,6 +151,7 @@ def train_member(
         )
         seconds = time.perf_counter() - began
         val_accuracy, val_f1 = _evaluate(model, data)
+        eval_seconds = time.perf_counter() - began - seconds
         record = {
             "epoch": epoch + 1,
             "phase": _phase(spec, epoch),
@@ -160,6 +161,7 @@ def train_member(
             "val_macro_f1": val_f1,
             "seconds": round(seconds, 2),
             "images_per_second": round(len(data.train_labels) / seconds, 1),
+            "eval_seconds": round(eval_seconds, 2),
         }
         state["history"].append(record)
         state["epoch"] = epoch + 1
@@ -171,7 +173,9 @@ def train_member(
             _atomic_save(model, member_dir / "best.keras")
         else:
             state["stale_epochs"] += 1
+        saving = time.perf_counter()
         _atomic_save(model, member_dir / "checkpoint" / "last.keras")
+        record["save_seconds"] = round(time.perf_counter() - saving, 2)
         atomic_write_json(member_dir / "checkpoint" / "state.json", state)
         print(
             f"  {spec.name} epoch {epoch + 1}/{total_epochs}: val accuracy {val_accuracy:.4f}, "
