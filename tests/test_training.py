@@ -98,3 +98,41 @@ def test_no_temporary_files_left(data, tmp_path):
     train_member(spec, data, tmp_path / "m", verbose=0)
     leftovers = [p.name for p in (tmp_path / "m").rglob(".*") if p.is_file()]
     assert leftovers == []
+
+
+def test_pretrained_two_phases_freeze_then_unfreeze(data, tmp_path):
+    """A local weights file stands in for ImageNet: phase 1 keeps the backbone fixed."""
+    import keras
+
+    from ensemble.backbones import build_backbone
+
+    backbone = build_backbone("mobilenetv3small", 32)
+    network = next(layer for layer in backbone.layers if isinstance(layer, keras.Model))
+    weights = tmp_path / "local.weights.h5"
+    network.save_weights(weights)
+    spec = member_spec_from_dict(
+        TINY
+        | {
+            "weights": str(weights),
+            "finetune": {"head_epochs": 1, "epochs": 1, "learning_rate": 8e-5},
+        }
+    )
+    state = train_member(spec, data, tmp_path / "m", verbose=0, stop_after_epochs=1)
+    assert [row["phase"] for row in state["history"]] == ["head"]
+    after_head = keras.models.load_model(tmp_path / "m/checkpoint/last.keras", safe_mode=True)
+    inner = next(layer for layer in after_head.layers if isinstance(layer, keras.Model))
+    reference = keras.Model.from_config(network.get_config())
+    reference.load_weights(weights)
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(inner.get_weights(), reference.get_weights(), strict=True)
+    )
+    train_member(spec, data, tmp_path / "m", verbose=0)
+    history = json.loads((tmp_path / "m" / "history.json").read_text())
+    assert [row["phase"] for row in history] == ["head", "finetune"]
+    tuned = keras.models.load_model(tmp_path / "m/checkpoint/last.keras", safe_mode=True)
+    inner = next(layer for layer in tuned.layers if isinstance(layer, keras.Model))
+    assert not all(
+        np.array_equal(a, b)
+        for a, b in zip(inner.get_weights(), reference.get_weights(), strict=True)
+    )
