@@ -104,3 +104,62 @@ def test_mirrored_strategy_on_two_logical_cpus(synthetic_folder, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "tiny-b: val accuracy" in result.stdout
     assert "MirroredStrategy with 2 replicas" in result.stderr
+
+
+def test_sigkill_then_resume(synthetic_folder, tmp_path):
+    """Kill train-members with SIGKILL after its first epoch; a restart resumes at epoch 2."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "ensemble",
+        "train-members",
+        "--pipeline",
+        str(REPO / "pipelines/ci.toml"),
+        "--data",
+        str(synthetic_folder),
+        "--run",
+        str(run),
+        "--only",
+        "tiny-b",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = run / "members/tiny-b/checkpoint/state.json"
+    deadline = time.time() + 300
+    while not state.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert json.loads(state.read_text())["epoch"] >= 1
+    finished_before = (run / "members/tiny-b/metrics.json").exists()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    history = json.loads((run / "members/tiny-b/history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    if not finished_before:
+        assert "tiny-b epoch 1/2" not in result.stderr  # epoch 1 was not trained again
+
+
+def test_interrupted_save_leaves_previous_file(tmp_path, monkeypatch):
+    import keras
+
+    from ensemble.training import _atomic_save
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    target = tmp_path / "model.keras"
+    _atomic_save(model, target)
+    original = target.read_bytes()
+
+    def dying_save(self, path, *args, **kwargs):
+        with open(path, "wb") as stream:
+            stream.write(b"half a zip")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keras.Model, "save", dying_save)
+    with pytest.raises(OSError, match="No space left"):
+        _atomic_save(model, target)
+    assert target.read_bytes() == original
+    assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]
