@@ -179,6 +179,38 @@ def train_members(
     typer.echo(f"run directory: {run_dir}")
 
 
+@app.command("fit-stacker")
+def fit_stacker(
+    run: Annotated[Path, typer.Option(help="Run directory made by train-members.")],
+    data: Annotated[
+        Path | None, typer.Option(help="The run's data (default: the path in its manifest).")
+    ] = None,
+    classes: ClassesOption = None,
+    data_root: DataRootOption = None,
+) -> None:
+    """Fit temperatures, voting combiners, greedy selection and the XGBoost stacker on blend."""
+    from ensemble.fitting import fit_combiners
+
+    opened = _open_run(run, data, classes, data_root)
+    selection = fit_combiners(opened)
+    for name, accuracy in selection["cv_accuracy_on_blend"].items():
+        typer.echo(f"{name:<20} cross-validated blend accuracy {accuracy:.4f}")
+    typer.echo(f"default combiner: {selection['default_combiner']} (written to {run}/combiners)")
+
+
+def _open_run(run: Path, data: Path | None, classes: str | None, data_root: Path | None):
+    import json
+
+    from ensemble.errors import RunError
+    from ensemble.run import open_run
+
+    manifest = run / "manifest.json"
+    if not manifest.is_file():
+        raise RunError(f"{run} is not a run directory (no manifest.json). Run train-members first.")
+    source = data or Path(json.loads(manifest.read_text())["data_source"])
+    return open_run(run, _load(source, classes, data_root))
+
+
 def _parse_fractions(text: str) -> list[float]:
     try:
         values = [float(part) for part in text.split(",")]

@@ -1,10 +1,21 @@
-"""One forward pass per member gives both its class probabilities and its pooled features."""
+"""One forward pass per member gives both its class probabilities and its pooled features.
+
+:func:`cached_member_outputs` keeps them per member and split in the run directory
+(``features/<member>/<split>.npz`` plus a JSON key), and recomputes them whenever the member's
+model file or the split changed.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
 
 import numpy as np
 
 from ensemble.backbones import POOLED_FEATURES
+from ensemble.fileio import atomic_write_bytes, atomic_write_json
+from ensemble.images import file_sha256
 
 
 def feature_model(model):
@@ -17,10 +28,56 @@ def feature_model(model):
 def member_outputs(
     model, images: np.ndarray, batch_size: int = 256
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities ``(N, K)`` and pooled features ``(N, F)`` of ``images`` (uint8)."""
+    """Class probabilities ``(N, K)`` and pooled features ``(N, F)`` of ``images`` (uint8).
+
+    For a one-vs-rest member the "probabilities" are its per-class scores normalised to sum
+    to one, so it can take part in averaging like any member.
+    """
     from ensemble.pipeline import inference_dataset
 
-    probabilities, features = feature_model(model).predict(
+    outputs, features = feature_model(model).predict(
         inference_dataset(images, batch_size), verbose=0
     )
+    outputs = outputs.astype(np.float64)
+    totals = outputs.sum(axis=1, keepdims=True)
+    probabilities = outputs / np.where(totals > 0, totals, 1.0)
     return probabilities.astype(np.float32), features.astype(np.float32)
+
+
+def cached_member_outputs(run, member: str, split_name: str) -> dict[str, np.ndarray]:
+    """Probabilities, features, ids and labels of one member on one split, cached in the run.
+
+    Returns:
+        ``{"ids", "labels", "probabilities", "features"}`` in the split's id order.
+    """
+    import keras
+
+    model_path = run.member_dir(member) / "model.keras"
+    ids = run.split.ids(split_name)
+    key = {
+        "member": member,
+        "model_sha256": file_sha256(model_path),
+        "split": split_name,
+        "ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+    }
+    folder = Path(run.root) / "features" / member
+    data_path, key_path = folder / f"{split_name}.npz", folder / f"{split_name}.json"
+    if data_path.is_file() and key_path.is_file() and json.loads(key_path.read_text()) == key:
+        with np.load(data_path, allow_pickle=False) as cached:
+            return {name: cached[name] for name in cached.files}
+    model = keras.models.load_model(model_path, safe_mode=True)
+    images, labels = run.images(split_name, model.input_shape[1])
+    probabilities, features = member_outputs(model, images)
+    result = {
+        "ids": np.array(ids),
+        "labels": labels,
+        "probabilities": probabilities,
+        "features": features,
+    }
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **result)
+    atomic_write_bytes(data_path, buffer.getvalue())
+    atomic_write_json(key_path, key)  # after the data: a key always describes a complete file
+    return result
