@@ -198,6 +198,54 @@ def fit_stacker(
     typer.echo(f"default combiner: {selection['default_combiner']} (written to {run}/combiners)")
 
 
+@app.command()
+def predict(
+    folder: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
+    run: Annotated[Path, typer.Option(help="Run directory with fitted combiners.")],
+    combiner: Annotated[
+        str | None,
+        typer.Option(help="stack|hard|soft|weighted|greedy|ovr|<member>; default: best on blend."),
+    ] = None,
+    tta: Annotated[bool, typer.Option(help="Average over the 8 dihedral views.")] = False,
+    out: Annotated[Path, typer.Option(help="Output file.")] = Path("predictions.csv"),
+    json_output: Annotated[bool, typer.Option("--json", help="Write JSON instead of CSV.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
+    min_agreement: Annotated[
+        float, typer.Option(help="Abstain (refer to a human) below this member agreement.")
+    ] = 0.5,
+    min_confidence: Annotated[
+        float, typer.Option(help="Abstain (refer to a human) below this confidence.")
+    ] = 0.5,
+) -> None:
+    """Classify every image under FOLDER.
+
+    Exit code 0 when every file was predicted, 3 when some files could not be read (each has a
+    row with the reason and a line on stderr), 2 for bad options or an unusable run.
+    """
+    from ensemble.predict import predict_folder, write_predictions
+
+    if batch_size < 1:
+        raise typer.BadParameter(f"--batch-size must be >= 1. Received: {batch_size}")
+    result = predict_folder(
+        folder,
+        run,
+        combiner=combiner,
+        tta=tta,
+        batch_size=batch_size,
+        min_agreement=min_agreement,
+        min_confidence=min_confidence,
+    )
+    write_predictions(result, out, json_output)
+    rate = result.n_predicted / max(result.seconds, 1e-9)
+    typer.echo(
+        f"{result.n_predicted} predicted, {result.n_skipped} skipped, {result.seconds:.1f} s, "
+        f"{rate:.0f} img/s → {out}",
+        err=True,
+    )
+    if result.n_skipped:
+        raise typer.Exit(3)
+
+
 def _open_run(run: Path, data: Path | None, classes: str | None, data_root: Path | None):
     import json
 
@@ -244,6 +292,8 @@ def main() -> None:
     except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)
+    except typer.Exit as exit_:
+        sys.exit(exit_.exit_code)
     except Exception as error:  # click usage errors arrive here in non-standalone mode
         import click
 

@@ -54,9 +54,9 @@ def trained_members(run) -> list[str]:
     return names
 
 
-def member_hashes(run, names: list[str]) -> dict[str, str]:
-    """SHA-256 of each member's ``model.keras``."""
-    return {name: file_sha256(run.member_dir(name) / "model.keras") for name in names}
+def member_hashes(run_root: Path, names: list[str]) -> dict[str, str]:
+    """SHA-256 of each member's ``model.keras`` in the run at ``run_root``."""
+    return {name: file_sha256(Path(run_root) / "members" / name / "model.keras") for name in names}
 
 
 def fit_combiners(run, seed: int = 0) -> dict:
@@ -75,7 +75,7 @@ def fit_combiners(run, seed: int = 0) -> dict:
     labels = blend[names[0]]["labels"]
     ids = [str(i) for i in blend[names[0]]["ids"]]
     folder = Path(run.root) / "combiners"
-    hashes = member_hashes(run, names)
+    hashes = member_hashes(run.root, names)
 
     scaler = TemperatureScaling().fit(
         np.stack([outputs["val"][n]["probabilities"] for n in names]), val_labels
@@ -122,13 +122,13 @@ def fit_combiners(run, seed: int = 0) -> dict:
     return selection
 
 
-def load_selection(run) -> dict:
+def load_selection(run_root: Path) -> dict:
     """The fitted combiners' summary; refuses if members changed since fitting."""
-    path = Path(run.root) / "combiners" / "selection.json"
+    path = Path(run_root) / "combiners" / "selection.json"
     if not path.is_file():
-        raise RunError(f"no fitted combiners in {run.root}. Run `ensemble fit-stacker` first.")
+        raise RunError(f"no fitted combiners in {run_root}. Run `ensemble fit-stacker` first.")
     selection = json.loads(path.read_text())
-    current = member_hashes(run, selection["members"])
+    current = member_hashes(run_root, selection["members"])
     if current != selection["member_model_sha256"]:
         changed = [n for n in current if current[n] != selection["member_model_sha256"].get(n)]
         raise RunError(
