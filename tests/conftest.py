@@ -53,3 +53,19 @@ def run_cli(args, capsys):
         sys.argv = saved
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="session")
+def fitted_ci_run(synthetic_folder, tmp_path_factory):
+    """The ci pipeline trained on the synthetic folder, with combiners fitted (shared, read-only)."""
+    from ensemble.data import load_dataset
+    from ensemble.fitting import fit_combiners
+    from ensemble.members import train_pipeline_members
+    from ensemble.run import open_run
+    from ensemble.specs import load_pipeline
+
+    run = tmp_path_factory.mktemp("fitted") / "ci"
+    dataset = load_dataset(synthetic_folder)
+    train_pipeline_members(load_pipeline(REPO / "pipelines/ci.toml"), dataset, run)
+    fit_combiners(open_run(run, dataset))
+    return run

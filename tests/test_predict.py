@@ -1,0 +1,144 @@
+import csv
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ensemble.errors import RunError
+from ensemble.stacker import Stacker
+from tests.conftest import run_cli
+
+
+@pytest.fixture()
+def messy_folder(synthetic_folder, tmp_path):
+    folder = tmp_path / "incoming"
+    (folder / "nested").mkdir(parents=True)
+    source = (
+        synthetic_folder
+        / "lymphocyte"
+        / sorted(p.name for p in (synthetic_folder / "lymphocyte").iterdir())[0]
+    )
+    shutil.copy(source, folder / "good.png")
+    pixels = np.asarray(Image.open(source).convert("RGB"))
+    Image.fromarray(pixels).convert("L").save(folder / "nested" / "gray.png")
+    rgba = np.dstack([pixels, np.full(pixels.shape[:2], 200, np.uint8)])
+    Image.fromarray(rgba).save(folder / "rgba.png")
+    Image.fromarray(np.tile(pixels, (4, 4, 1))).save(folder / "big.jpg", quality=90)  # not 32 px
+    (folder / "zero.jpg").write_bytes(b"")
+    jpeg = io.BytesIO()
+    Image.fromarray(np.tile(pixels, (3, 3, 1))).save(jpeg, "JPEG")
+    (folder / "truncated.jpg").write_bytes(jpeg.getvalue()[:300])
+    (folder / "text.jpg").write_text("I am not an image")
+    return folder
+
+
+def test_predict_mixed_folder(fitted_ci_run, messy_folder, tmp_path, capsys):
+    out = tmp_path / "preds.csv"
+    code, _, err = run_cli(["predict", messy_folder, "--run", fitted_ci_run, "--out", out], capsys)
+    assert code == 3  # documented: some files could not be read
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0])[:6] == [
+        "path",
+        "prediction",
+        "confidence",
+        "agreement",
+        "abstain",
+        "error",
+    ]
+    assert [c for c in rows[0] if c.startswith("vote_")] == [
+        "vote_tiny-a",
+        "vote_tiny-b",
+        "vote_tiny-ovr",
+    ]
+    by_path = {row["path"]: row for row in rows}
+    assert set(by_path) == {
+        "good.png",
+        "nested/gray.png",
+        "rgba.png",
+        "big.jpg",
+        "zero.jpg",
+        "truncated.jpg",
+        "text.jpg",
+    }
+    for good in ("good.png", "nested/gray.png", "rgba.png", "big.jpg"):
+        assert by_path[good]["prediction"] and not by_path[good]["error"]
+        assert 0 <= float(by_path[good]["confidence"]) <= 1
+        assert by_path[good]["abstain"] in ("true", "false")
+    assert "empty file" in by_path["zero.jpg"]["error"]
+    assert (
+        "truncated" in by_path["truncated.jpg"]["error"]
+        or "corrupt" in by_path["truncated.jpg"]["error"]
+    )
+    assert "not an image" in by_path["text.jpg"]["error"]
+    for bad in ("zero.jpg", "truncated.jpg", "text.jpg"):
+        assert by_path[bad]["prediction"] == "" and f"skipped {bad}" in err
+    assert "4 predicted, 3 skipped" in err
+
+
+@pytest.mark.parametrize(
+    "combiner", ["hard", "soft", "weighted", "greedy", "stack", "ovr", "tiny-a"]
+)
+def test_every_combiner_predicts_json(fitted_ci_run, synthetic_folder, tmp_path, capsys, combiner):
+    folder = tmp_path / "few"
+    shutil.copytree(synthetic_folder / "platelet", folder)
+    out = tmp_path / "p.json"
+    code, _, err = run_cli(
+        ["predict", folder, "--run", fitted_ci_run, "--combiner", combiner, "--json", "--out", out],
+        capsys,
+    )
+    assert code == 0, err
+    records = json.loads(out.read_text())
+    assert len(records) == 12 and all(r["prediction"] for r in records)
+
+
+def test_unknown_combiner_one_line(fitted_ci_run, synthetic_folder, capsys):
+    code, _, err = run_cli(
+        ["predict", synthetic_folder, "--run", fitted_ci_run, "--combiner", "best"], capsys
+    )
+    assert code == 2 and "unknown combiner 'best'. Choose from" in err and err.count("\n") == 1
+
+
+def test_changed_member_refused(fitted_ci_run, synthetic_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(fitted_ci_run, run)
+    shutil.copy(run / "members/tiny-a/model.keras", run / "members/tiny-b/model.keras")
+    code, _, err = run_cli(["predict", synthetic_folder, "--run", run], capsys)
+    assert code == 2 and "members changed since the combiners were fitted: ['tiny-b']" in err
+
+
+def test_stacker_refuses_other_members(fitted_ci_run):
+    with pytest.raises(RunError, match="fitted on other members \\(changed: \\['tiny-a'\\]\\)"):
+        hashes = json.loads((fitted_ci_run / "combiners/selection.json").read_text())[
+            "member_model_sha256"
+        ]
+        Stacker.load(fitted_ci_run / "combiners", hashes | {"tiny-a": "0" * 64})
+
+
+def test_stacker_leakage_guard():
+    stacker = Stacker(["m"])
+    features, probabilities = [np.zeros((4, 3))], [np.full((4, 2), 0.5)]
+    split_of = {"a": "blend", "b": "blend", "c": "train", "d": "blend"}
+    with pytest.raises(
+        RunError, match="only be fitted on the blend split; 1 images .*c in 'train'"
+    ):
+        stacker.fit(features, probabilities, np.array([0, 1, 0, 1]), ["a", "b", "c", "d"], split_of)
+
+
+def test_predict_before_fit_stacker(synthetic_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "members").mkdir(parents=True)
+    (run / "manifest.json").write_text(
+        json.dumps({"format_version": 1, "classes": ["a"], "members": []})
+    )
+    code, _, err = run_cli(["predict", synthetic_folder, "--run", run], capsys)
+    assert code == 2 and "Run `ensemble fit-stacker` first" in err
+
+
+def test_fit_stacker_before_train_members(synthetic_folder, tmp_path, capsys):
+    code, _, err = run_cli(
+        ["fit-stacker", "--run", tmp_path / "nothing", "--data", synthetic_folder], capsys
+    )
+    assert code == 2 and "not a run directory" in err
