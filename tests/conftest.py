@@ -57,7 +57,7 @@ def run_cli(args, capsys):
 
 @pytest.fixture(scope="session")
 def fitted_ci_run(synthetic_folder, tmp_path_factory):
-    """The ci pipeline trained on the synthetic folder, with combiners fitted (shared, read-only)."""
+    """The ci pipeline trained on synthetic images, combiners fitted (shared: do not modify)."""
     from ensemble.data import load_dataset
     from ensemble.fitting import fit_combiners
     from ensemble.members import train_pipeline_members
