@@ -283,7 +283,10 @@ def _load(data: Path | None, classes: str | None, data_root: Path | None):
 def main() -> None:
     """Entry point of the ``ensemble`` console script."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode, click returns typer.Exit's code instead of exiting.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except EnsembleError as error:
         if _state["debug"]:
             raise

@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
 
 from ensemble.combiners import (
     GreedySelection,
@@ -27,7 +26,7 @@ from ensemble.errors import RunError
 from ensemble.features import cached_member_outputs
 from ensemble.fileio import atomic_write_json, atomic_write_text
 from ensemble.images import file_sha256
-from ensemble.stacker import Stacker
+from ensemble.stacker import Stacker, blend_folds
 from ensemble.training import is_finished
 
 VOTERS = {
@@ -85,7 +84,7 @@ def fit_combiners(run, seed: int = 0) -> dict:
         folder / "temperatures.json",
         {"members": names, "temperatures": [round(float(t), 6) for t in scaler.temperatures_]},
     )
-    folds = list(StratifiedKFold(3, shuffle=True, random_state=seed).split(labels, labels))
+    folds = blend_folds(labels, seed)
     cv_accuracy = {}
     for kind, cls in VOTERS.items():
         combiner = cls().fit(calibrated, labels)

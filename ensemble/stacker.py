@@ -73,7 +73,7 @@ class Stacker:
         self.n_classes_ = int(labels.max()) + 1
         self.cv_scores_ = {}
         for components, depth, l2 in product(COMPONENTS, DEPTHS, L2):
-            components = min(components, standard.shape[1], len(labels) - 1)
+            components = min(components, standard.shape[1], len(labels) // 2)
             self.cv_scores_[f"{components}/{depth}/{l2}"] = self._cross_validate(
                 standard, labels, components, depth, l2
             )
@@ -156,11 +156,8 @@ class Stacker:
         return np.concatenate([np.asarray(p, dtype=np.float64) for p in parts], axis=1)
 
     def _cross_validate(self, standard, labels, components, depth, l2) -> float:
-        from sklearn.model_selection import StratifiedKFold
-
-        folds = StratifiedKFold(FOLDS, shuffle=True, random_state=self.seed)
         correct = 0
-        for fit_rows, held_rows in folds.split(standard, labels):
+        for fit_rows, held_rows in blend_folds(labels, self.seed):
             basis = _pca(standard[fit_rows], components)
             model = self._fit_model(standard[fit_rows] @ basis.T, labels[fit_rows], depth, l2)
             import xgboost
@@ -184,6 +181,22 @@ class Stacker:
             "nthread": 2,
         }
         return xgboost.train(params, xgboost.DMatrix(matrix, label=labels), num_boost_round=150)
+
+
+def blend_folds(labels: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Cross-validation folds inside ``blend``: stratified 3-fold where every class allows it.
+
+    A tiny ``blend`` (fewer than 3 images of some class) gets as many stratified folds as its
+    rarest class allows, and plain 2-fold splits when a class has a single image.
+    """
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    present = np.bincount(labels)
+    rarest = int(present[present > 0].min()) if len(labels) else 0
+    if rarest >= 2:
+        folds = StratifiedKFold(min(FOLDS, rarest), shuffle=True, random_state=seed)
+        return list(folds.split(labels, labels))
+    return list(KFold(2, shuffle=True, random_state=seed).split(labels))
 
 
 def _pca(matrix: np.ndarray, components: int) -> np.ndarray:
