@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ensemble.artifacts import load_keras_model
 from ensemble.backbones import POOLED_FEATURES
 from ensemble.fileio import atomic_write_bytes, atomic_write_json
 from ensemble.images import file_sha256
@@ -50,8 +51,6 @@ def cached_member_outputs(run, member: str, split_name: str) -> dict[str, np.nda
     Returns:
         ``{"ids", "labels", "probabilities", "features"}`` in the split's id order.
     """
-    import keras
-
     model_path = run.member_dir(member) / "model.keras"
     ids = run.split.ids(split_name)
     key = {
@@ -65,7 +64,7 @@ def cached_member_outputs(run, member: str, split_name: str) -> dict[str, np.nda
     if data_path.is_file() and key_path.is_file() and json.loads(key_path.read_text()) == key:
         with np.load(data_path, allow_pickle=False) as cached:
             return {name: cached[name] for name in cached.files}
-    model = keras.models.load_model(model_path, safe_mode=True)
+    model = load_keras_model(model_path)
     images, labels = run.images(split_name, model.input_shape[1])
     probabilities, features = member_outputs(model, images)
     result = {

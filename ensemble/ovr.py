@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ensemble.artifacts import load_keras_model
 from ensemble.errors import RunError
 from ensemble.features import member_outputs
 from ensemble.fileio import atomic_write_json
@@ -31,8 +32,6 @@ def train_ovr_member(spec: MemberSpec, run, *, force: bool = False) -> dict:
     Raises:
         RunError: the base member is not trained yet.
     """
-    import keras
-
     member_dir = run.member_dir(spec.name)
     if force and member_dir.exists():
         shutil.rmtree(member_dir)
@@ -46,7 +45,7 @@ def train_ovr_member(spec: MemberSpec, run, *, force: bool = False) -> dict:
             f"one-vs-rest member {spec.name!r} needs member {spec.ovr.base_member!r} trained "
             "first. Train it (train-members without --only, or --only with both)."
         )
-    base = keras.models.load_model(base_dir / "model.keras", safe_mode=True)
+    base = load_keras_model(base_dir / "model.keras")
     size = base.input_shape[1]
     began = time.perf_counter()
     train_images, train_labels = run.images("train", size)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ensemble import FORMAT_VERSION
+from ensemble.artifacts import load_keras_model
 from ensemble.combiners import TemperatureScaling, combiner_from_json
 from ensemble.data import SYSTEM_FILES
 from ensemble.errors import ConfigError, RunError
@@ -80,7 +81,6 @@ class Predictor:
     """
 
     def __init__(self, run_root: Path, combiner: str | None = None, tta: bool = False) -> None:
-        import keras
 
         self.root = Path(run_root)
         manifest_path = self.root / "manifest.json"
@@ -106,9 +106,7 @@ class Predictor:
             self.combiner = ovr[0]
         self.tta = tta
         self.models = {
-            name: keras.models.load_model(
-                self.root / "members" / name / "model.keras", safe_mode=True
-            )
+            name: load_keras_model(self.root / "members" / name / "model.keras")
             for name in self.members
         }
         temperatures = json.loads((self.root / "combiners" / "temperatures.json").read_text())

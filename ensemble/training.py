@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ensemble.artifacts import load_keras_model
 from ensemble.errors import RunError
 from ensemble.fileio import atomic_write_json
 from ensemble.pipeline import class_weights, training_dataset
@@ -123,9 +124,7 @@ def train_member(
     total_epochs = _total_epochs(spec)
     with scope:
         if state is not None:
-            model = keras.models.load_model(
-                member_dir / "checkpoint" / "last.keras", safe_mode=True
-            )
+            model = load_keras_model(member_dir / "checkpoint" / "last.keras")
         else:
             model = build_member_model(spec, data.n_classes)
             _compile_for_epoch(model, spec, 0, len(data.train_labels))
