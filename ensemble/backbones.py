@@ -181,3 +181,26 @@ def _mobilenetv2(**kwargs):
 @register("mobilenetv3small", preprocessing="builtin")
 def _mobilenetv3small(**kwargs):
     return _applications().MobileNetV3Small(**kwargs)
+
+
+@register("simplecnn", preprocessing="tf", min_input=16)
+def _simplecnn(include_top=False, weights=None, input_shape=(64, 64, 3)):
+    """A small 4-block CNN (about 0.1 M parameters) for the demo and fast tests."""
+    import keras
+
+    if weights not in (None, "none"):
+        from ensemble.errors import ConfigError
+
+        raise ConfigError(
+            "simplecnn has no pretrained weights. Use weights='none'. "
+            f"Received: weights={weights!r}"
+        )
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for index, width in enumerate((16, 32, 64, 128)):
+        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{index}")(x)
+        x = keras.layers.BatchNormalization(name=f"bn{index}")(x)
+        x = keras.layers.ReLU(name=f"relu{index}")(x)
+        if index < 3:
+            x = keras.layers.MaxPooling2D(name=f"pool{index}")(x)
+    return keras.Model(inputs, x, name="simplecnn")

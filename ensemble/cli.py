@@ -105,6 +105,23 @@ def audit(
 
 
 @app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where the demo writes everything.")] = Path(
+        "demo-output"
+    ),
+    per_class: Annotated[int, typer.Option(help="Synthetic images per class.")] = 50,
+) -> None:
+    """Run the whole flow on built-in synthetic cells: data, members, combiners, predict, report."""
+    from ensemble.demo import run_demo
+
+    paths = run_demo(out, per_class=per_class)
+    typer.echo("demo finished:")
+    for what, path in paths.items():
+        typer.echo(f"  {what:<12} {path}")
+    typer.echo((paths["report"]).read_text())
+
+
+@app.command()
 def split(
     data: DataArgument = None,
     out: Annotated[Path, typer.Option("--out", help="Where to write the split JSON.")] = Path(

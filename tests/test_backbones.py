@@ -10,7 +10,13 @@ from ensemble.backbones import (
 )
 from ensemble.errors import ConfigError
 
-FEATURES = {"resnet50": 2048, "efficientnetb0": 1280, "mobilenetv2": 1280, "mobilenetv3small": 576}
+FEATURES = {
+    "resnet50": 2048,
+    "efficientnetb0": 1280,
+    "mobilenetv2": 1280,
+    "mobilenetv3small": 576,
+    "simplecnn": 128,
+}
 
 
 def test_registry_has_required_backbones():
