@@ -263,6 +263,40 @@ def predict(
         raise typer.Exit(3)
 
 
+@app.command()
+def report(
+    run: Annotated[Path, typer.Option(help="Run directory with fitted combiners.")],
+    split: Annotated[str, typer.Option(help="Split to report on (test, blend, val).")] = "test",
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default results/<run name>).")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="The run's data (default: the path in its manifest).")
+    ] = None,
+    shifted: Annotated[
+        bool, typer.Option(help="Also score a seeded shifted copy of the same images.")
+    ] = True,
+    shift_seed: Annotated[int, typer.Option(help="Seed of the shifted copy.")] = 0,
+    classes: ClassesOption = None,
+    data_root: DataRootOption = None,
+) -> None:
+    """Members and combiners on the same held-out images: metrics, tests, plots → report.md."""
+    from ensemble.report import report_on_split
+    from ensemble.split import SPLITS
+
+    if split not in SPLITS:
+        raise typer.BadParameter(f"--split must be one of {list(SPLITS)}. Received: {split!r}")
+    opened = _open_run(run, data, classes, data_root)
+    target = out or Path("results") / run.name
+    metrics = report_on_split(opened, split, target, shifted=shifted, shift_seed=shift_seed)
+    best = metrics["best_combiner"]
+    typer.echo(
+        f"best member {metrics['best_member']} accuracy "
+        f"{metrics['models'][metrics['best_member']]['accuracy']:.4f}; best combiner {best} "
+        f"accuracy {metrics['models'][best]['accuracy']:.4f} → {target}/report.md"
+    )
+
+
 def _open_run(run: Path, data: Path | None, classes: str | None, data_root: Path | None):
     import json
 

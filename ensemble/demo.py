@@ -48,12 +48,13 @@ def run_demo(out: Path, per_class: int = 50, pipeline_path: Path | None = None) 
 
 def _report(run, selection: dict) -> str:
     from ensemble.predict import Predictor
+    from ensemble.report import _member_size
 
     names = selection["members"]
     images = {}
     labels = None
     for name in names:
-        size = json_size(run, name)
+        size = _member_size(run.root, name)
         if size not in images:
             images[size], labels = run.images("test", size)
     rows = ["| model | test accuracy |", "|---|---|"]
@@ -75,16 +76,6 @@ def _report(run, selection: dict) -> str:
             "",
         ]
     )
-
-
-def json_size(run, name: str) -> int:
-    """Input size of a trained member, from its saved spec (one-vs-rest: its base member's)."""
-    import json
-
-    spec = json.loads((run.member_dir(name) / "spec.json").read_text())
-    if spec["kind"] == "ovr":
-        return json_size(run, spec["ovr"]["base_member"])
-    return int(spec["input_size"])
 
 
 def _repository_file(relative: str) -> Path:
