@@ -10,9 +10,11 @@ from scipy.stats import binomtest
 from sklearn.metrics import balanced_accuracy_score, f1_score, precision_recall_fscore_support
 
 
-def summary_metrics(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> dict[str, float]:
-    """Accuracy, balanced accuracy and macro-F1."""
-    classes = list(range(n_classes))
+def summary_metrics(
+    labels: np.ndarray, predicted: np.ndarray, n_classes: int, present_only: bool = False
+) -> dict[str, float]:
+    """Accuracy, balanced accuracy and macro-F1 (over all classes, or those in ``labels``)."""
+    classes = sorted(set(labels.tolist())) if present_only else list(range(n_classes))
     return {
         "accuracy": float((labels == predicted).mean()),
         "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
@@ -52,7 +54,10 @@ def bootstrap_intervals(
         warnings.simplefilter("ignore", UserWarning)
         for _ in range(resamples):
             rows = rng.integers(0, len(labels), len(labels))
-            for name, value in summary_metrics(labels[rows], predicted[rows], n_classes).items():
+            # Macro-F1 over the classes the resample holds: a class missing from a resample
+            # would otherwise count as F1 = 0 and drag the interval down.
+            sample = summary_metrics(labels[rows], predicted[rows], n_classes, present_only=True)
+            for name, value in sample.items():
                 draws[name].append(value)
     return {
         name: (float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5)))

@@ -142,3 +142,34 @@ def test_fit_stacker_before_train_members(synthetic_folder, tmp_path, capsys):
         ["fit-stacker", "--run", tmp_path / "nothing", "--data", synthetic_folder], capsys
     )
     assert code == 2 and "not a run directory" in err
+
+
+def test_report_on_ci_run(fitted_ci_run, synthetic_folder, tmp_path, capsys):
+    out = tmp_path / "report"
+    code, stdout, err = run_cli(
+        ["report", "--run", fitted_ci_run, "--data", synthetic_folder, "--out", out], capsys
+    )
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["models"]) == {
+        "tiny-a",
+        "tiny-b",
+        "tiny-ovr",
+        "hard",
+        "soft",
+        "weighted",
+        "greedy",
+        "stack",
+    }
+    assert set(metrics["shifted"]) == set(metrics["models"])
+    text = (out / "report.md").read_text()
+    for model, values in metrics["models"].items():
+        assert f"{values['accuracy']:.4f}" in text
+        assert (out / f"confusion_{model}.png").is_file()
+    assert (out / "calibration_and_abstention.png").is_file()
+    assert "hard vs stack" in text and "best combiner" in stdout
+
+
+def test_report_bad_split_one_line(fitted_ci_run, capsys):
+    code, _, err = run_cli(["report", "--run", fitted_ci_run, "--split", "holdout"], capsys)
+    assert code == 2 and "--split must be one of" in err and err.count("\n") == 1

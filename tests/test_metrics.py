@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_score
+
+from ensemble.metrics import (
+    bootstrap_intervals,
+    calibration,
+    coverage_accuracy,
+    mcnemar,
+    per_class_metrics,
+    summary_metrics,
+)
+
+RNG = np.random.default_rng(0)
+LABELS = RNG.integers(0, 4, 300)
+PREDICTED = np.where(RNG.random(300) < 0.8, LABELS, RNG.integers(0, 4, 300))
+
+
+def test_summary_and_per_class_match_scikit_learn():
+    values = summary_metrics(LABELS, PREDICTED, 4)
+    assert values["accuracy"] == pytest.approx(accuracy_score(LABELS, PREDICTED))
+    assert values["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(LABELS, PREDICTED))
+    assert values["macro_f1"] == pytest.approx(f1_score(LABELS, PREDICTED, average="macro"))
+    per_class = per_class_metrics(LABELS, PREDICTED, 4)
+    assert per_class["precision"] == pytest.approx(
+        precision_score(LABELS, PREDICTED, average=None).tolist()
+    )
+    assert sum(per_class["support"]) == 300
+
+
+def test_bootstrap_interval_contains_point_and_narrows_with_size():
+    ci = bootstrap_intervals(LABELS, PREDICTED, 4, resamples=300)
+    point = summary_metrics(LABELS, PREDICTED, 4)
+    for name, (low, high) in ci.items():
+        assert low <= point[name] <= high
+    big = np.tile(LABELS, 10), np.tile(PREDICTED, 10)
+    wide = ci["accuracy"][1] - ci["accuracy"][0]
+    narrow = bootstrap_intervals(*big, 4, resamples=300)["accuracy"]
+    assert narrow[1] - narrow[0] < wide / 2
+
+
+def test_bootstrap_is_deterministic_and_perfect_is_degenerate():
+    assert bootstrap_intervals(LABELS, PREDICTED, 4, 100, seed=3) == bootstrap_intervals(
+        LABELS, PREDICTED, 4, 100, seed=3
+    )
+    perfect = bootstrap_intervals(LABELS, LABELS, 4, 100)
+    assert perfect["macro_f1"] == (1.0, 1.0) and perfect["accuracy"] == (1.0, 1.0)
+
+
+def test_mcnemar_known_cases():
+    labels = np.zeros(20, dtype=int)
+    first = np.zeros(20, dtype=int)
+    second = np.zeros(20, dtype=int)
+    second[:10] = 1  # the second is wrong on 10 images the first gets right
+    result = mcnemar(labels, first, second)
+    assert (result["first_only"], result["second_only"]) == (10, 0)
+    assert result["p_value"] == pytest.approx(2 * 0.5**10)
+    assert mcnemar(labels, first, first)["p_value"] == 1.0
+
+
+def test_calibration_perfect_and_overconfident():
+    labels = np.array([0, 1, 0, 1])
+    sure_right = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    assert calibration(labels, sure_right)["ece"] == pytest.approx(0.0)
+    sure_wrong = sure_right[:, ::-1]
+    assert calibration(labels, sure_wrong)["ece"] == pytest.approx(1.0)
+
+
+def test_coverage_accuracy_refers_least_agreed_first():
+    labels = np.array([0, 0, 0, 0])
+    predicted = np.array([0, 0, 0, 1])
+    agreement = np.array([1.0, 1.0, 0.9, 0.2])  # the wrong one has the lowest agreement
+    points = {
+        p["coverage"]: p["accuracy"]
+        for p in coverage_accuracy(labels, predicted, agreement, np.ones(4))
+    }
+    assert points[1.0] == 0.75 and points[0.7] == 1.0
