@@ -29,6 +29,17 @@ from ensemble.images import file_sha256
 from ensemble.stacker import Stacker, blend_folds
 from ensemble.training import is_finished
 
+#: Files fit-stacker writes whose SHA-256 is recorded in selection.json and checked on load.
+COMBINER_FILES = (
+    "temperatures.json",
+    "hard.json",
+    "soft.json",
+    "weighted.json",
+    "greedy.json",
+    "stacker.ubj",
+    "stacker_pca.npy",
+    "stacker.json",
+)
 VOTERS = {
     "hard": HardVote,
     "soft": SoftVote,
@@ -116,6 +127,11 @@ def fit_combiners(run, seed: int = 0) -> dict:
         "cv_accuracy_on_blend": cv_accuracy,
         "default_combiner": default,
         "n_blend": len(labels),
+        "artifact_sha256": {
+            path.name: file_sha256(path)
+            for path in sorted(folder.iterdir())
+            if path.is_file() and path.name in COMBINER_FILES
+        },
     }
     atomic_write_json(folder / "selection.json", selection)  # last: marks the combiners fitted
     return selection
@@ -134,4 +150,11 @@ def load_selection(run_root: Path) -> dict:
             f"members changed since the combiners were fitted: {changed}. "
             "Run `ensemble fit-stacker` again."
         )
+    for name, digest in selection.get("artifact_sha256", {}).items():
+        artifact = Path(run_root) / "combiners" / name
+        if not artifact.is_file() or file_sha256(artifact) != digest:
+            raise RunError(
+                f"combiner file {artifact} is missing, changed or truncated since fit-stacker "
+                "wrote it. Run `ensemble fit-stacker` again."
+            )
     return selection

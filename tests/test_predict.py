@@ -173,3 +173,25 @@ def test_report_on_ci_run(fitted_ci_run, synthetic_folder, tmp_path, capsys):
 def test_report_bad_split_one_line(fitted_ci_run, capsys):
     code, _, err = run_cli(["report", "--run", fitted_ci_run, "--split", "holdout"], capsys)
     assert code == 2 and "--split must be one of" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("artifact", ["stacker.ubj", "weighted.json", "temperatures.json"])
+def test_changed_or_truncated_combiner_file_refused(
+    fitted_ci_run, synthetic_folder, tmp_path, capsys, artifact
+):
+    run = tmp_path / "run"
+    shutil.copytree(fitted_ci_run, run)
+    path = run / "combiners" / artifact
+    path.write_bytes(path.read_bytes()[:-10])
+    code, _, err = run_cli(["predict", synthetic_folder, "--run", run], capsys)
+    assert code == 2 and f"combiner file {path} is missing, changed or truncated" in err
+
+
+def test_run_from_other_format_version_refused(fitted_ci_run, synthetic_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(fitted_ci_run, run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["format_version"] = 0
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = run_cli(["predict", synthetic_folder, "--run", run], capsys)
+    assert code == 2 and "written by format version 0" in err
