@@ -10,7 +10,6 @@ no class (all scores under their thresholds).
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from ensemble.errors import RunError
 from ensemble.features import member_outputs
 from ensemble.fileio import atomic_write_json
 from ensemble.specs import MemberSpec
-from ensemble.training import FINISHED, _atomic_save, _check_or_write_spec, is_finished
+from ensemble.training import FINISHED, _atomic_save, is_finished, prepare_member_dir
 
 SCORES = "ovr_scores"
 
@@ -33,12 +32,9 @@ def train_ovr_member(spec: MemberSpec, run, *, force: bool = False) -> dict:
         RunError: the base member is not trained yet.
     """
     member_dir = run.member_dir(spec.name)
-    if force and member_dir.exists():
-        shutil.rmtree(member_dir)
-    member_dir.mkdir(parents=True, exist_ok=True)
-    _check_or_write_spec(spec, member_dir)
-    if is_finished(member_dir):
-        return json.loads((member_dir / FINISHED).read_text())
+    finished = prepare_member_dir(spec, member_dir, force)
+    if finished is not None:
+        return finished
     base_dir = run.member_dir(spec.ovr.base_member)
     if not is_finished(base_dir):
         raise RunError(

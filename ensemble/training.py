@@ -112,12 +112,9 @@ def train_member(
     import keras
 
     member_dir = Path(member_dir)
-    if force and member_dir.exists():
-        shutil.rmtree(member_dir)
-    member_dir.mkdir(parents=True, exist_ok=True)
-    _check_or_write_spec(spec, member_dir)
-    if is_finished(member_dir):
-        return json.loads((member_dir / FINISHED).read_text())
+    finished = prepare_member_dir(spec, member_dir, force)
+    if finished is not None:
+        return finished
 
     scope = strategy.scope() if strategy is not None else _NullScope()
     state = _load_state(member_dir)
@@ -188,6 +185,24 @@ def train_member(
         if stop_after_epochs is not None and state["epoch"] - started_epoch >= stop_after_epochs:
             return state
     return _finish(spec, member_dir, state)
+
+
+def prepare_member_dir(spec: MemberSpec, member_dir: Path, force: bool) -> dict | None:
+    """Create (or, with ``force``, empty) a member directory and check its saved spec.
+
+    Returns:
+        The member's metrics if it is already finished, else ``None``.
+
+    Raises:
+        RunError: the directory holds a member trained from a different spec.
+    """
+    if force and member_dir.exists():
+        shutil.rmtree(member_dir)
+    member_dir.mkdir(parents=True, exist_ok=True)
+    _check_or_write_spec(spec, member_dir)
+    if is_finished(member_dir):
+        return json.loads((member_dir / FINISHED).read_text())
+    return None
 
 
 def _finish(spec: MemberSpec, member_dir: Path, state: dict) -> dict:

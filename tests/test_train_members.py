@@ -8,6 +8,26 @@ import pytest
 from tests.conftest import REPO, run_cli
 
 
+def ci_command(data, run, *extra):
+    """train-members on the ci pipeline, member tiny-b only, as a subprocess command."""
+    pipeline = str(REPO / "pipelines/ci.toml")
+    return [
+        sys.executable,
+        "-m",
+        "ensemble",
+        "train-members",
+        "--pipeline",
+        pipeline,
+        "--data",
+        str(data),
+        "--run",
+        str(run),
+        "--only",
+        "tiny-b",
+        *extra,
+    ]
+
+
 @pytest.fixture(scope="module")
 def ci_run(synthetic_folder, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "ci"
@@ -80,22 +100,7 @@ def test_changed_data_refused(synthetic_folder, ci_run, tmp_path, capsys):
 def test_mirrored_strategy_on_two_logical_cpus(synthetic_folder, tmp_path):
     env = dict(os.environ, ENSEMBLE_CPU_REPLICAS="2")
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ensemble",
-            "train-members",
-            "--pipeline",
-            str(REPO / "pipelines/ci.toml"),
-            "--data",
-            str(synthetic_folder),
-            "--run",
-            str(tmp_path / "run"),
-            "--only",
-            "tiny-b",
-            "--strategy",
-            "mirrored",
-        ],
+        ci_command(synthetic_folder, tmp_path / "run", "--strategy", "mirrored"),
         capture_output=True,
         text=True,
         env=env,
@@ -112,20 +117,7 @@ def test_sigkill_then_resume(synthetic_folder, tmp_path):
     import time
 
     run = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "ensemble",
-        "train-members",
-        "--pipeline",
-        str(REPO / "pipelines/ci.toml"),
-        "--data",
-        str(synthetic_folder),
-        "--run",
-        str(run),
-        "--only",
-        "tiny-b",
-    ]
+    command = ci_command(synthetic_folder, run)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = run / "members/tiny-b/checkpoint/state.json"
     deadline = time.time() + 300
