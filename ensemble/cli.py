@@ -348,13 +348,14 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)
-    except Exception as error:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(error, click.exceptions.ClickException):
-            if _state["debug"]:
-                raise
-            message = error.format_message().replace("\n", " ")
-            typer.echo(f"error: {message}", err=True)
-            sys.exit(error.exit_code)
-        raise
+    except Exception as error:
+        # Usage errors (typer.BadParameter, unknown options) arrive here in non-standalone
+        # mode; typer bundles its own click, so they are recognised by their interface.
+        exit_code = getattr(error, "exit_code", None)
+        if not isinstance(exit_code, int) or not hasattr(error, "format_message"):
+            raise
+        if _state["debug"]:
+            raise
+        message = error.format_message().replace("\n", " ")
+        typer.echo(f"error: {message}", err=True)
+        sys.exit(exit_code)

@@ -124,3 +124,10 @@ def test_real_folder_loads(real_data):
         "platelet",
     ]
     assert len(data.records) == 14513
+
+
+def test_usage_errors_are_one_line_exit_2(synthetic_folder, capsys):
+    code, _, err = run_cli(["split", synthetic_folder, "--fractions", "0.7,0.3"], capsys)
+    assert code == 2 and "fractions must be 4 numbers" in err and err.count("\n") == 1
+    code, _, err = run_cli(["audit", "--no-such-option"], capsys)
+    assert code == 2 and "No such option" in err and err.count("\n") == 1
