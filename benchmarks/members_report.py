@@ -23,6 +23,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=Path("runs/pbc-cpu"))
     parser.add_argument("--out", type=Path, default=Path("results/members-pbc-cpu.md"))
     parser.add_argument("--command", default="", help="the command that produced the run")
+    parser.add_argument("--note", default="", help="a paragraph on how the run was made")
     args = parser.parse_args()
 
     import matplotlib
@@ -94,11 +95,13 @@ def main() -> None:
             "Split (seeded, duplicate groups kept together, audit-flagged images excluded): "
             + ", ".join(f"{k} {v}" for k, v in split["counts"].items()),
             "",
-            "| member | backbone | px | epochs | minutes (train + val + saves) | train img/s | best val accuracy / macro-F1 ≥ 0.95 |",
+            "| member | backbone | px | epochs | minutes | train img/s | best val accuracy / macro-F1 ≥ 0.95 |",
             "|---|---|---|---|---|---|---|",
             *rows,
             "",
             f"All members: {total_seconds / 60:.1f} minutes of training (budget: 120).",
+            "",
+            args.note,
             "",
             f"![validation accuracy and macro-F1 per epoch]({plot.name})",
             "",
