@@ -28,6 +28,20 @@ def ci_command(data, run, *extra):
     ]
 
 
+def train_args(data, run, *extra):
+    """In-process train-members arguments for the ci pipeline."""
+    return [
+        "train-members",
+        "--pipeline",
+        REPO / "pipelines/ci.toml",
+        "--data",
+        data,
+        "--run",
+        run,
+        *extra,
+    ]
+
+
 @pytest.fixture(scope="module")
 def ci_run(synthetic_folder, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "ci"
@@ -35,15 +49,7 @@ def ci_run(synthetic_folder, tmp_path_factory):
 
 
 def test_train_members_end_to_end_and_skip(synthetic_folder, ci_run, capsys):
-    args = [
-        "train-members",
-        "--pipeline",
-        REPO / "pipelines/ci.toml",
-        "--data",
-        synthetic_folder,
-        "--run",
-        ci_run,
-    ]
+    args = train_args(synthetic_folder, ci_run)
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
     for name in ("tiny-a", "tiny-b", "tiny-ovr"):
@@ -63,37 +69,26 @@ def test_train_members_end_to_end_and_skip(synthetic_folder, ci_run, capsys):
 
 
 def test_only_unknown_member_one_line(synthetic_folder, ci_run, capsys):
-    args = [
-        "train-members",
-        "--pipeline",
-        REPO / "pipelines/ci.toml",
-        "--data",
-        synthetic_folder,
-        "--run",
-        ci_run,
-        "--only",
-        "nope",
-    ]
+    args = train_args(synthetic_folder, ci_run, "--only", "nope")
     code, _, err = run_cli(args, capsys)
     assert code == 2 and "--only 'nope' is not a member of ci" in err and err.count("\n") == 1
 
 
-def test_changed_data_refused(synthetic_folder, ci_run, tmp_path, capsys):
+def test_changed_data_refused(synthetic_folder, tmp_path, capsys):
     import shutil
 
+    from ensemble.data import load_dataset
+    from ensemble.run import create_or_open_run
+    from ensemble.specs import load_pipeline
+
+    run = tmp_path / "run"
+    create_or_open_run(
+        run, load_dataset(synthetic_folder), load_pipeline(REPO / "pipelines/ci.toml")
+    )
     changed = tmp_path / "changed"
     shutil.copytree(synthetic_folder, changed)
     (changed / "basophil" / "basophil_00000.png").unlink()
-    args = [
-        "train-members",
-        "--pipeline",
-        REPO / "pipelines/ci.toml",
-        "--data",
-        changed,
-        "--run",
-        ci_run,
-    ]
-    code, _, err = run_cli(args, capsys)
+    code, _, err = run_cli(train_args(changed, run), capsys)
     assert code == 2 and "data changed since the split" in err
 
 
