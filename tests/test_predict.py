@@ -195,3 +195,36 @@ def test_run_from_other_format_version_refused(fitted_ci_run, synthetic_folder, 
     (run / "manifest.json").write_text(json.dumps(manifest))
     code, _, err = run_cli(["predict", synthetic_folder, "--run", run], capsys)
     assert code == 2 and "written by format version 0" in err
+
+
+def test_tta_predicts(fitted_ci_run, synthetic_folder, tmp_path, capsys):
+    folder = tmp_path / "few"
+    shutil.copytree(synthetic_folder / "monocyte", folder)
+    code, _, err = run_cli(
+        ["predict", folder, "--run", fitted_ci_run, "--tta", "--out", tmp_path / "p.csv"], capsys
+    )
+    assert code == 0, err
+    assert len(list(csv.DictReader((tmp_path / "p.csv").open()))) == 12
+
+
+def test_feature_cache_reused_and_invalidated(fitted_ci_run, synthetic_folder, tmp_path):
+    from ensemble.data import load_dataset
+    from ensemble.features import cached_member_outputs
+    from ensemble.run import open_run
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(fitted_ci_run, run_dir)
+    run = open_run(run_dir, load_dataset(synthetic_folder))
+    data_file = run_dir / "features/tiny-a/blend.npz"
+    key_file = run_dir / "features/tiny-a/blend.json"
+    before = data_file.stat().st_mtime_ns
+    first = cached_member_outputs(run, "tiny-a", "blend")
+    assert data_file.stat().st_mtime_ns == before  # reused, not recomputed
+    key = json.loads(key_file.read_text())
+    key["model_sha256"] = "0" * 64  # as if the member had been retrained
+    key_file.write_text(json.dumps(key))
+    second = cached_member_outputs(run, "tiny-a", "blend")
+    assert data_file.stat().st_mtime_ns != before
+    assert json.loads(key_file.read_text())["model_sha256"] != "0" * 64
+    assert np.allclose(first["probabilities"], second["probabilities"], atol=1e-5)
+    assert list(first["ids"]) == run.split.ids("blend")
