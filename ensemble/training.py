@@ -257,14 +257,15 @@ def _compile_for_epoch(model, spec: MemberSpec, epoch: int, n_train: int) -> Non
         schedule = spec.schedule
         total = schedule.epochs * steps_per_epoch
         warmup = int(schedule.warmup_epochs * steps_per_epoch)
-        rate = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=schedule.learning_rate * 0.01,
-            decay_steps=max(total - warmup, 1),
-            alpha=0.01,
-            warmup_target=schedule.learning_rate if warmup else None,
-            warmup_steps=warmup,
-        )
-        if not warmup:
+        if warmup:  # linear from 1 % of the peak to the peak, then cosine decay to 1 %
+            rate = keras.optimizers.schedules.CosineDecay(
+                initial_learning_rate=schedule.learning_rate * 0.01,
+                decay_steps=max(total - warmup, 1),
+                alpha=0.01,
+                warmup_target=schedule.learning_rate,
+                warmup_steps=warmup,
+            )
+        else:
             rate = keras.optimizers.schedules.CosineDecay(schedule.learning_rate, total, alpha=0.01)
         optimizer = keras.optimizers.AdamW(rate, weight_decay=schedule.weight_decay)
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=spec.schedule.label_smoothing)
