@@ -298,15 +298,9 @@ def report(
 
 
 def _open_run(run: Path, data: Path | None, classes: str | None, data_root: Path | None):
-    import json
+    from ensemble.run import open_run, read_manifest
 
-    from ensemble.errors import RunError
-    from ensemble.run import open_run
-
-    manifest = run / "manifest.json"
-    if not manifest.is_file():
-        raise RunError(f"{run} is not a run directory (no manifest.json). Run train-members first.")
-    source = data or Path(json.loads(manifest.read_text())["data_source"])
+    source = data or Path(read_manifest(run)["data_source"])
     return open_run(run, _load(source, classes, data_root))
 
 

@@ -22,16 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble import FORMAT_VERSION
 from ensemble.artifacts import load_keras_model
 from ensemble.combiners import TemperatureScaling, combiner_from_json
 from ensemble.data import SYSTEM_FILES
-from ensemble.errors import ConfigError, RunError
+from ensemble.errors import ConfigError
 from ensemble.fileio import atomic_write_text
 from ensemble.fitting import VOTERS, load_selection
 from ensemble.images import UnreadableImage, crop_and_resize, decode_image
 from ensemble.pipeline import dihedral_views
 from ensemble.progress import progress
+from ensemble.run import read_manifest
 
 FIXED_COLUMNS = ("path", "prediction", "confidence", "agreement", "abstain", "error")
 
@@ -84,16 +84,7 @@ class Predictor:
     def __init__(self, run_root: Path, combiner: str | None = None, tta: bool = False) -> None:
 
         self.root = Path(run_root)
-        manifest_path = self.root / "manifest.json"
-        if not manifest_path.is_file():
-            raise RunError(f"{self.root} is not a run directory (no manifest.json)")
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise RunError(
-                f"run {self.root} was written by format version {manifest.get('format_version')}; "
-                f"this version reads {FORMAT_VERSION}. Retrain into a new run directory."
-            )
-        self.classes = manifest["classes"]
+        self.classes = read_manifest(self.root)["classes"]
         selection = load_selection(self.root)
         self.members = selection["members"]
         choices = [*VOTERS, "stack", *self.members]

@@ -94,8 +94,12 @@ def create_or_open_run(root: Path, dataset: Dataset, pipeline: PipelineSpec) -> 
     return Run(root, dataset, split, manifest)
 
 
-def open_run(root: Path, dataset: Dataset) -> Run:
-    """Open an existing run and check that ``dataset`` is the data it was made from."""
+def read_manifest(root: Path) -> dict:
+    """Read a run's manifest, refusing a missing one or one of another format version.
+
+    Raises:
+        RunError: ``root`` is not a run directory, or was written by another format version.
+    """
     root = Path(root)
     path = root / "manifest.json"
     if not path.is_file():
@@ -109,6 +113,13 @@ def open_run(root: Path, dataset: Dataset) -> Run:
             f"(blood-ensemble {manifest.get('package_version')}); this version reads "
             f"{FORMAT_VERSION}. Start a new run directory."
         )
+    return manifest
+
+
+def open_run(root: Path, dataset: Dataset) -> Run:
+    """Open an existing run and check that ``dataset`` is the data it was made from."""
+    root = Path(root)
+    manifest = read_manifest(root)
     if manifest["classes"] != list(dataset.classes):
         raise RunError(
             f"run {root} has classes {manifest['classes']} but the data has {dataset.classes}"
