@@ -26,6 +26,7 @@ from ensemble.images import (
     crop_and_resize,
     decode_image,
     file_sha256,
+    pixel_hash,
 )
 from ensemble.progress import progress
 
@@ -106,12 +107,11 @@ class Dataset:
         """Decode one record's pixels (see :func:`ensemble.images.decode_image`)."""
         if record.index is not None:
             pixels = np.asarray(self._arrays[record.index], dtype=np.uint8)
-            digest = hashlib.sha256(repr(pixels.shape).encode())
-            digest.update(np.ascontiguousarray(pixels).tobytes())
+            digest = pixel_hash(pixels)
             shape = (pixels.shape[1], pixels.shape[0])
             if size is not None:
                 pixels = crop_and_resize(pixels, size)
-            return DecodedImage(pixels, digest.hexdigest(), shape)
+            return DecodedImage(pixels, digest, shape)
         return decode_image(record.path, size)
 
     def load_images(

@@ -100,13 +100,18 @@ def decode_image(source: Path | bytes, size: int | None = None) -> DecodedImage:
         raise UnreadableImage(f"corrupt or truncated image: {error}") from None
     if rgb.shape[0] < 1 or rgb.shape[1] < 1:
         raise UnreadableImage("image has no pixels")
-    digest = hashlib.sha256(repr(rgb.shape).encode())
-    digest.update(np.ascontiguousarray(rgb).tobytes())
-    pixel_hash = digest.hexdigest()
+    digest = pixel_hash(rgb)
     original = (rgb.shape[1], rgb.shape[0])
     if size is not None:
         rgb = crop_and_resize(rgb, size)
-    return DecodedImage(pixels=rgb, pixel_hash=pixel_hash, original_size=original)
+    return DecodedImage(pixels=rgb, pixel_hash=digest, original_size=original)
+
+
+def pixel_hash(rgb: np.ndarray) -> str:
+    """SHA-256 of an image's shape and RGB pixels: equal for equal pictures in any file format."""
+    digest = hashlib.sha256(repr(rgb.shape).encode())
+    digest.update(np.ascontiguousarray(rgb).tobytes())
+    return digest.hexdigest()
 
 
 def crop_and_resize(rgb: np.ndarray, size: int) -> np.ndarray:
