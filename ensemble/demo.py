@@ -47,21 +47,16 @@ def run_demo(out: Path, per_class: int = 50, pipeline_path: Path | None = None) 
 
 
 def _report(run, selection: dict) -> str:
-    from ensemble.predict import Predictor
-    from ensemble.report import _member_size
+    from ensemble.features import cached_member_outputs
+    from ensemble.report import combine_outputs
 
-    names = selection["members"]
-    images = {}
-    labels = None
-    for name in names:
-        size = _member_size(run.root, name)
-        if size not in images:
-            images[size], labels = run.images("test", size)
+    # One forward pass per member on the test split; every combiner reuses its outputs.
+    outputs = {name: cached_member_outputs(run, name, "test") for name in selection["members"]}
+    labels = outputs[selection["members"][0]]["labels"]
     rows = ["| model | test accuracy |", "|---|---|"]
-    for combiner in [*names, "hard", "soft", "weighted", "greedy", "stack"]:
-        outcome = Predictor(run.root, combiner).predict_arrays(images)
-        accuracy = float((outcome["probabilities"].argmax(1) == labels).mean())
-        rows.append(f"| {combiner} | {accuracy:.3f} |")
+    for model, probabilities in combine_outputs(run.root, outputs).items():
+        accuracy = float((probabilities.argmax(1) == labels).mean())
+        rows.append(f"| {model} | {accuracy:.3f} |")
     return "\n".join(
         [
             "# Demo report (synthetic data)",
