@@ -202,6 +202,9 @@ def fit_stacker(
     data: Annotated[
         Path | None, typer.Option(help="The run's data (default: the path in its manifest).")
     ] = None,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the blend cross-validation folds and of XGBoost.")
+    ] = 0,
     classes: ClassesOption = None,
     data_root: DataRootOption = None,
 ) -> None:
@@ -209,7 +212,7 @@ def fit_stacker(
     from ensemble.fitting import fit_combiners
 
     opened = _open_run(run, data, classes, data_root)
-    selection = fit_combiners(opened)
+    selection = fit_combiners(opened, seed=seed)
     for name, accuracy in selection["cv_accuracy_on_blend"].items():
         typer.echo(f"{name:<20} cross-validated blend accuracy {accuracy:.4f}")
     typer.echo(f"default combiner: {selection['default_combiner']} (written to {run}/combiners)")
@@ -266,35 +269,69 @@ def predict(
 @app.command()
 def report(
     run: Annotated[Path, typer.Option(help="Run directory with fitted combiners.")],
-    split: Annotated[str, typer.Option(help="Split to report on (test, blend, val).")] = "test",
+    split: Annotated[
+        str, typer.Option(help="Split of the run's data to report on (test, blend, val).")
+    ] = "test",
     out: Annotated[
         Path | None, typer.Option(help="Output folder (default results/<run name>).")
     ] = None,
     data: Annotated[
-        Path | None, typer.Option(help="The run's data (default: the path in its manifest).")
+        Path | None,
+        typer.Option(
+            help="A labelled folder, .npz or .csv. The run's own data (moved is fine): report on "
+            "--split of it. Any other labelled set: report on all of its images."
+        ),
     ] = None,
     shifted: Annotated[
         bool, typer.Option(help="Also score a seeded shifted copy of the same images.")
     ] = True,
     shift_seed: Annotated[int, typer.Option(help="Seed of the shifted copy.")] = 0,
+    tta: Annotated[
+        bool, typer.Option(help="Average each member over the 8 dihedral views of each image.")
+    ] = False,
     classes: ClassesOption = None,
     data_root: DataRootOption = None,
 ) -> None:
     """Members and combiners on the same held-out images: metrics, tests, plots → report.md."""
-    from ensemble.report import report_on_split
+    from ensemble.report import report_on_dataset, report_on_split
+    from ensemble.run import open_run, read_manifest
     from ensemble.split import SPLITS
 
     if split not in SPLITS:
         raise typer.BadParameter(f"--split must be one of {list(SPLITS)}. Received: {split!r}")
-    opened = _open_run(run, data, classes, data_root)
+    manifest = read_manifest(run)
+    dataset = _load(data or Path(manifest["data_source"]), classes, data_root)
     target = out or Path("results") / run.name
-    metrics = report_on_split(opened, split, target, shifted=shifted, shift_seed=shift_seed)
+    options = {"shifted": shifted, "shift_seed": shift_seed, "tta": tta}
+    if dataset.fingerprint() == manifest["data_fingerprint"]:
+        metrics = report_on_split(open_run(run, dataset), split, target, **options)
+    else:
+        typer.echo(
+            f"{dataset.root} is not the data of run {run}: scoring all of its "
+            f"{len(dataset.records)} images (--split applies to the run's own data only)",
+            err=True,
+        )
+        _warn_if_seen_in_training(run, dataset)
+        metrics = report_on_dataset(run, dataset, target, **options)
     best = metrics["best_combiner"]
     typer.echo(
         f"best member {metrics['best_member']} accuracy "
         f"{metrics['models'][metrics['best_member']]['accuracy']:.4f}; best combiner {best} "
         f"accuracy {metrics['models'][best]['accuracy']:.4f} → {target}/report.md"
     )
+
+
+def _warn_if_seen_in_training(run: Path, dataset) -> None:
+    from ensemble.split import trained_on_hashes
+
+    seen = trained_on_hashes(run / "split.json")
+    overlap = [record.id for record in dataset.records if record.content_hash in seen]
+    if overlap:
+        typer.echo(
+            f"warning: {len(overlap)} images of {dataset.root} are byte-identical to images the "
+            f"run trained or fitted on (first: {overlap[0]}); their scores are optimistic",
+            err=True,
+        )
 
 
 def _open_run(run: Path, data: Path | None, classes: str | None, data_root: Path | None):
@@ -340,6 +377,18 @@ def main() -> None:
     except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)
+    except OSError as error:
+        # Disk full, permission denied, a vanished file: one line naming the file. Writes are
+        # atomic, so the previous version of whatever was being written is still intact.
+        if _state["debug"]:
+            raise
+        where = f" ({error.filename})" if error.filename else ""
+        typer.echo(
+            f"error: {error.strerror or error}{where}. Files written before are intact; fix "
+            "the cause and run the command again (--debug shows the traceback).",
+            err=True,
+        )
+        sys.exit(1)
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)
     except Exception as error:

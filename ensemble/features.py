@@ -27,19 +27,23 @@ def feature_model(model):
 
 
 def member_outputs(
-    model, images: np.ndarray, batch_size: int = 256
+    model, images: np.ndarray, batch_size: int = 256, tta: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities ``(N, K)`` and pooled features ``(N, F)`` of ``images`` (uint8).
 
     For a one-vs-rest member the "probabilities" are its per-class scores normalised to sum
-    to one, so it can take part in averaging like any member.
+    to one, so it can take part in averaging like any member. With ``tta``, both are averaged
+    over the 8 dihedral views of each image (test-time augmentation).
     """
-    from ensemble.pipeline import inference_dataset
+    from ensemble.pipeline import dihedral_views, inference_dataset
 
-    outputs, features = feature_model(model).predict(
-        inference_dataset(images, batch_size), verbose=0
-    )
-    outputs = outputs.astype(np.float64)
+    both = feature_model(model)
+    views = dihedral_views(images) if tta else [images]
+    outputs = features = 0.0
+    for view in views:
+        view_outputs, view_features = both.predict(inference_dataset(view, batch_size), verbose=0)
+        outputs = outputs + view_outputs.astype(np.float64) / len(views)
+        features = features + view_features.astype(np.float64) / len(views)
     totals = outputs.sum(axis=1, keepdims=True)
     probabilities = outputs / np.where(totals > 0, totals, 1.0)
     return probabilities.astype(np.float32), features.astype(np.float32)

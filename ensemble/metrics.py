@@ -13,11 +13,20 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, precision_recall_
 def summary_metrics(
     labels: np.ndarray, predicted: np.ndarray, n_classes: int, present_only: bool = False
 ) -> dict[str, float]:
-    """Accuracy, balanced accuracy and macro-F1 (over all classes, or those in ``labels``)."""
+    """Accuracy, balanced accuracy and macro-F1 (over all classes, or those in ``labels``).
+
+    Balanced accuracy is the mean recall over the classes present in ``labels`` (scikit-learn's
+    definition); predictions of absent classes count as errors without a warning.
+    """
+    import warnings
+
     classes = sorted(set(labels.tolist())) if present_only else list(range(n_classes))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        balanced = float(balanced_accuracy_score(labels, predicted))
     return {
         "accuracy": float((labels == predicted).mean()),
-        "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
+        "balanced_accuracy": balanced,
         "macro_f1": float(
             f1_score(labels, predicted, average="macro", labels=classes, zero_division=0)
         ),

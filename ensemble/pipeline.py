@@ -2,7 +2,8 @@
 
 Images are decoded and resized once (by :meth:`ensemble.data.Dataset.load_images`) and kept in
 memory as ``uint8``; each training epoch then shuffles, batches, applies a random one of the 8
-dihedral symmetries and keras-cv RandAugment per image, and prefetches, so the model never
+dihedral symmetries, keras-cv RandAugment and the acquisition corruptions of
+:mod:`ensemble.acquisition` per image, and prefetches, so the model never
 waits on the input.
 """
 
@@ -26,12 +27,19 @@ class AugmentationConfig:
     dihedral: bool = True  # random one of the 8 rotations/flips: a cell has no "up"
     randaugment_magnitude: float = DEFAULT_MAGNITUDE  # 0 disables RandAugment
     randaugment_per_image: int = DEFAULT_AUGMENTATIONS_PER_IMAGE  # keras-cv augmentations_per_image
+    corruption_probability: float = 0.0  # chance of each acquisition corruption (stain, exposure,
+    #   hue, rotation, blur, noise, JPEG; ensemble.acquisition) per image; 0 disables them
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.randaugment_magnitude <= 1.0:
             raise ConfigError(
                 "randaugment magnitude must be in [0, 1]. "
                 f"Received: randaugment_magnitude={self.randaugment_magnitude}"
+            )
+        if not 0.0 <= self.corruption_probability <= 1.0:
+            raise ConfigError(
+                "corruption probability must be in [0, 1]. "
+                f"Received: corruption_probability={self.corruption_probability}"
             )
         if self.randaugment_per_image < 0:
             raise ConfigError(
@@ -119,6 +127,8 @@ def training_dataset(
     """
     import tensorflow as tf
 
+    from ensemble.acquisition import corrupt
+
     if len(images) != len(labels):
         raise ConfigError(f"{len(images)} images but {len(labels)} labels")
     tensors = (images, labels) if sample_weights is None else (images, labels, sample_weights)
@@ -142,6 +152,8 @@ def training_dataset(
             batch_images = random_dihedral(batch_images)
         if randaugment is not None:
             batch_images = randaugment(batch_images, training=True)
+        if augmentation.corruption_probability > 0:
+            batch_images = corrupt(batch_images, augmentation.corruption_probability)
         return (batch_images, *rest)
 
     dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)

@@ -65,8 +65,25 @@ def build_report(
     out: Path,
     title: str,
     shifted: dict[str, dict] | None = None,
+    shift_kinds: list[str] | None = None,
+    tta: bool = False,
+    skipped: list[dict] | None = None,
 ) -> dict:
-    """Compute every metric, write ``report.md``, ``metrics.json`` and the PNGs into ``out``."""
+    """Compute every metric, write ``report.md``, ``metrics.json`` and the PNGs into ``out``.
+
+    Args:
+        run_root: run with fitted combiners.
+        outputs: member name → ``{"probabilities", "features"}`` (and optionally
+            ``"images_per_second"``) on the images.
+        labels: true class index of each image.
+        classes: class names.
+        out: output folder.
+        title: first heading of ``report.md``.
+        shifted: member outputs on the shifted copy of the same images, if any.
+        shift_kinds: the shift applied to each image of the shifted copy.
+        tta: whether the outputs were averaged over the 8 dihedral views (shown in the report).
+        skipped: images left out because they could not be decoded (``{"id", "reason"}``).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     selection = load_selection(run_root)
@@ -79,7 +96,7 @@ def build_report(
         predicted = probs.argmax(1)
         agreement = (votes == predicted).mean(axis=0)
         models[model] = {
-            **summary_metrics(labels, predicted, n_classes),
+            **summary_metrics(labels, predicted, n_classes, present_only=True),
             "ci95": bootstrap_intervals(labels, predicted, n_classes),
             "per_class": per_class_metrics(labels, predicted, n_classes),
             "calibration": calibration(labels, probs),
@@ -99,11 +116,23 @@ def build_report(
             for kind in COMBINERS
         },
     }
-    shifted_models = {}
+    shifted_models, shifted_by_kind = {}, {}
     if shifted is not None:
         shifted_probabilities = combine_outputs(run_root, shifted)
+        kinds = np.array(shift_kinds if shift_kinds is not None else ["shifted"] * len(labels))
         for model, probs in shifted_probabilities.items():
-            shifted_models[model] = summary_metrics(labels, probs.argmax(1), n_classes)
+            predicted = probs.argmax(1)
+            shifted_models[model] = summary_metrics(labels, predicted, n_classes, present_only=True)
+            shifted_by_kind[model] = {
+                str(kind): float((predicted[kinds == kind] == labels[kinds == kind]).mean())
+                for kind in dict.fromkeys(kinds)
+            }
+    timed = shifted if shifted is not None else outputs
+    speeds = {
+        name: round(float(timed[name]["images_per_second"]), 1)
+        for name in names
+        if "images_per_second" in timed[name]
+    }
     metrics = {
         "title": title,
         "n_images": int(len(labels)),
@@ -114,11 +143,19 @@ def build_report(
         "models": models,
         "mcnemar": tests,
         "shifted": shifted_models,
+        "shifted_by_kind": shifted_by_kind,
+        "tta": tta,
+        "prediction_images_per_second": speeds,
+        "skipped": list(skipped or []),
     }
     atomic_write_json(out / "metrics.json", metrics)
     _plots(models, classes, out)
     atomic_write_text(out / "report.md", _markdown(metrics, run_root))
     return metrics
+
+
+def _speed(images_per_second: float | None) -> str:
+    return "-" if images_per_second is None else f"{images_per_second:.0f}"
 
 
 def _confusion(labels, predicted, n_classes) -> np.ndarray:
@@ -200,7 +237,13 @@ def _markdown(metrics: dict, run_root: Path) -> str:
     lines = [
         f"# {metrics['title']}",
         "",
-        f"{metrics['n_images']} held-out images; every model below is scored on the same ones.",
+        f"{metrics['n_images']} held-out images; every model below is scored on the same ones."
+        + (
+            " Each member's outputs are averaged over the 8 dihedral views of every image "
+            "(test-time augmentation)."
+            if metrics.get("tta")
+            else ""
+        ),
         "",
         "| model | accuracy (95% CI) | balanced accuracy (95% CI) | macro-F1 (95% CI) | ECE |",
         "|---|---|---|---|---|",
@@ -245,14 +288,27 @@ def _markdown(metrics: dict, run_root: Path) -> str:
                 f"| {model} | {models[model]['accuracy']:.4f} | {values['accuracy']:.4f} | "
                 f"{values['macro_f1']:.4f} |"
             )
+        by_kind = metrics.get("shifted_by_kind", {})
+        if by_kind:
+            kinds = list(next(iter(by_kind.values())))
+            lines += [
+                "",
+                "Accuracy on the shifted copy, by shift (each image gets one shift, in turn):",
+                "",
+                "| model | " + " | ".join(kinds) + " |",
+                "|---|" + "---|" * len(kinds),
+            ]
+            for model, values in by_kind.items():
+                lines.append(f"| {model} | " + " | ".join(f"{values[k]:.4f}" for k in kinds) + " |")
     lines += [
         "",
         "## Members (in the spirit of the report's Table 1)",
         "",
         "| member | backbone | augmentation | weights / fine-tuning | training min "
-        "| test accuracy |",
-        "|---|---|---|---|---|---|",
+        "| predict img/s | accuracy |",
+        "|---|---|---|---|---|---|---|",
     ]
+    speeds = metrics.get("prediction_images_per_second", {})
     for name in names:
         spec = json.loads((Path(run_root) / "members" / name / "spec.json").read_text())
         trained = json.loads((Path(run_root) / "members" / name / "metrics.json").read_text())
@@ -264,6 +320,8 @@ def _markdown(metrics: dict, run_root: Path) -> str:
         )
         if magnitude > 0 and per_image > 0:
             aug += f" + RandAugment {magnitude}×{per_image}"
+        if augmentation.get("corruption_probability", 0) > 0:
+            aug += f" + corruptions p={augmentation['corruption_probability']}"
         if spec["kind"] == "ovr":
             backbone, aug, tuning = (
                 f"one-vs-rest on {spec['ovr']['base_member']}",
@@ -277,9 +335,13 @@ def _markdown(metrics: dict, run_root: Path) -> str:
             )
         lines.append(
             f"| {name} | {backbone} | {aug} | {tuning} | {trained['train_seconds'] / 60:.1f} | "
-            f"{models[name]['accuracy']:.4f} |"
+            f"{_speed(speeds.get(name))} | {models[name]['accuracy']:.4f} |"
         )
     lines += [
+        "",
+        "Training minutes as measured by `train-members`; prediction speed as measured by this "
+        "report's own forward pass on this machine"
+        + (" (8 views per image)." if metrics.get("tta") else "."),
         "",
         "## Per class (best combiner)",
         "",
@@ -307,6 +369,9 @@ def _markdown(metrics: dict, run_root: Path) -> str:
             + " | ".join(f"{models[m]['coverage_accuracy'][index]['accuracy']:.4f}" for m in models)
             + " |"
         )
+    if metrics.get("skipped"):
+        lines += ["", "## Images left out (could not be decoded)", ""]
+        lines += [f"- `{item['id']}`: {item['reason']}" for item in metrics["skipped"]]
     lines += ["", "## Confusion matrices", ""]
     lines += [f"![{model}](confusion_{model}.png)" for model in models]
     lines.append("")
@@ -314,53 +379,186 @@ def _markdown(metrics: dict, run_root: Path) -> str:
 
 
 def report_on_split(
-    run, split_name: str, out: Path, *, shifted: bool = False, shift_seed: int = 0
+    run,
+    split_name: str,
+    out: Path,
+    *,
+    shifted: bool = False,
+    shift_seed: int = 0,
+    tta: bool = False,
 ) -> dict:
-    """Report every member and combiner on one split of the run (cached features)."""
+    """Report every member and combiner on one split of the run.
+
+    Args:
+        run: an opened run with fitted combiners.
+        split_name: ``"test"``, ``"blend"``, ``"val"`` or ``"train"``.
+        out: output folder.
+        shifted: also score a seeded shifted copy of the same images.
+        shift_seed: seed of the shifted copy.
+        tta: average each member over the 8 dihedral views (clean and shifted images).
+    """
     from ensemble.features import cached_member_outputs
 
     selection = load_selection(run.root)
-    outputs = {name: cached_member_outputs(run, name, split_name) for name in selection["members"]}
-    labels = outputs[selection["members"][0]]["labels"]
-    shifted_outputs = None
-    if shifted:
-        images = {}
-        for name in selection["members"]:
-            size = _member_size(run.root, name)
-            if size not in images:
-                images[size] = run.images(split_name, size)[0]
-        shifted_outputs = outputs_for_images(run.root, selection["members"], images, shift_seed)
+    names = selection["members"]
+    sizes = {name: _member_size(run.root, name) for name in names}
+    images = {size: run.images(split_name, size)[0] for size in set(sizes.values())}
+    if tta:
+        outputs = outputs_for_images(run.root, names, images, tta=True)
+    else:
+        outputs = {name: cached_member_outputs(run, name, split_name) for name in names}
+    labels = run.images(split_name, max(images))[1]
     title = f"Run `{Path(run.root).name}`: members and combiners on the {split_name} split"
-    return build_report(
-        run.root, outputs, labels, run.manifest["classes"], out, title, shifted_outputs
+    return _report_with_shift(
+        run.root,
+        images,
+        outputs,
+        labels,
+        run.manifest["classes"],
+        out,
+        title,
+        shifted=shifted,
+        shift_seed=shift_seed,
+        tta=tta,
     )
 
 
-def outputs_for_images(
-    run_root: Path, members: list[str], images: dict[int, np.ndarray], shift_seed: int | None = None
-) -> dict[str, dict]:
-    """Each member's probabilities and features on images given per input size.
+def report_on_dataset(
+    run_root: Path,
+    dataset,
+    out: Path,
+    *,
+    shifted: bool = False,
+    shift_seed: int = 0,
+    tta: bool = False,
+) -> dict:
+    """Report every member and combiner on every image of a separate labelled set.
 
-    With ``shift_seed``, the images are first replaced by their seeded shifted copy
-    (:func:`ensemble.shifts.shifted_copy`), made at the largest size and resized, so every
-    member sees the same shifted pictures.
+    The set's class names must be classes of the run (it may have fewer). Images that cannot
+    be decoded are left out and listed in the report.
+
+    Raises:
+        DataError: a class of the set is not a class of the run, or no image can be decoded.
     """
-    from ensemble.artifacts import load_keras_model
-    from ensemble.features import member_outputs
+    from ensemble.errors import DataError
+    from ensemble.run import read_manifest
+
+    run_classes = read_manifest(run_root)["classes"]
+    unknown = [name for name in dataset.classes if name not in run_classes]
+    if unknown:
+        raise DataError(
+            f"classes {unknown} of {dataset.root} are not classes of the run "
+            f"(run classes: {run_classes}). Rename or leave out those folders."
+        )
+    names = load_selection(run_root)["members"]
+    sizes = {name: _member_size(run_root, name) for name in names}
+    images, failures = {}, []
+    for size in sorted(set(sizes.values())):
+        images[size], _, failures = dataset.load_images(size, description=f"decoding {size}px")
+    failed = {failure.id for failure in failures}
+    keep = np.array([record.id not in failed for record in dataset.records])
+    if not keep.any():
+        raise DataError(f"none of the {len(keep)} images of {dataset.root} could be decoded")
+    images = {size: batch[keep] for size, batch in images.items()}
+    to_run = np.array([run_classes.index(name) for name in dataset.classes])
+    labels = to_run[dataset.labels[keep]]
+    outputs = outputs_for_images(run_root, names, images, tta=tta)
+    title = f"Run `{Path(run_root).name}`: members and combiners on {dataset.root}"
+    metrics = _report_with_shift(
+        run_root,
+        images,
+        outputs,
+        labels,
+        run_classes,
+        out,
+        title,
+        shifted=shifted,
+        shift_seed=shift_seed,
+        tta=tta,
+        skipped=[{"id": f.id, "reason": f.reason} for f in failures],
+    )
+    return metrics
+
+
+def _report_with_shift(
+    run_root,
+    images,
+    outputs,
+    labels,
+    classes,
+    out,
+    title,
+    *,
+    shifted,
+    shift_seed,
+    tta,
+    skipped=(),
+) -> dict:
+    shifted_outputs = shift_kinds = None
+    if shifted:
+        shifted_batches, shift_kinds = shifted_images(images, shift_seed)
+        names = load_selection(run_root)["members"]
+        shifted_outputs = outputs_for_images(run_root, names, shifted_batches, tta=tta)
+    return build_report(
+        run_root,
+        outputs,
+        labels,
+        classes,
+        out,
+        title,
+        shifted=shifted_outputs,
+        shift_kinds=shift_kinds,
+        tta=tta,
+        skipped=list(skipped),
+    )
+
+
+def shifted_images(
+    images: dict[int, np.ndarray], seed: int
+) -> tuple[dict[int, np.ndarray], list[str]]:
+    """The seeded shifted copy (:func:`ensemble.shifts.shifted_copy`) of images given per size.
+
+    The copy is made at the largest size and resized, so every member sees the same shifted
+    pictures. Returns the shifted images per size and the shift applied to each image.
+    """
     from ensemble.images import crop_and_resize
     from ensemble.shifts import shifted_copy
 
-    if shift_seed is not None:
-        largest = max(images)
-        shifted, _ = shifted_copy(images[largest], shift_seed)
-        images = {
-            size: np.stack([crop_and_resize(image, size) for image in shifted]) for size in images
-        }
+    largest = max(images)
+    shifted, kinds = shifted_copy(images[largest], seed)
+    by_size = {
+        size: shifted if size == largest else np.stack([crop_and_resize(i, size) for i in shifted])
+        for size in images
+    }
+    return by_size, kinds
+
+
+def outputs_for_images(
+    run_root: Path, members: list[str], images: dict[int, np.ndarray], *, tta: bool = False
+) -> dict[str, dict]:
+    """Each member's probabilities and pooled features on images given per input size.
+
+    Returns:
+        member name → ``{"probabilities", "features", "images_per_second"}``; the speed is
+        that of this forward pass on this machine (with ``tta``, counting each image once).
+    """
+    import time
+
+    from ensemble.artifacts import load_keras_model
+    from ensemble.features import member_outputs
+
     result = {}
     for name in members:
         model = load_keras_model(Path(run_root) / "members" / name / "model.keras")
-        probabilities, features = member_outputs(model, images[model.input_shape[1]])
-        result[name] = {"probabilities": probabilities, "features": features}
+        batch = images[model.input_shape[1]]
+        start = time.perf_counter()
+        probabilities, features = member_outputs(model, batch, tta=tta)
+        seconds = time.perf_counter() - start
+        result[name] = {
+            "probabilities": probabilities,
+            "features": features,
+            "images_per_second": len(batch) / seconds if seconds > 0 else float("nan"),
+        }
     return result
 
 

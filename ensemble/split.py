@@ -184,3 +184,12 @@ def load_split(path: Path, dataset: Dataset) -> Split:
         )
     assignment = {row["id"]: row["split"] for row in payload["records"]}
     return Split(assignment, payload["seed"], payload["fractions"], payload["data_fingerprint"])
+
+
+def trained_on_hashes(path: Path) -> set[str]:
+    """Content hashes of the images a run trained or fitted on (train, val and blend splits).
+
+    Used to warn when a "separate" evaluation set shares files with them.
+    """
+    payload = json.loads(Path(path).read_text())
+    return {row["hash"] for row in payload["records"] if row["split"] in ("train", "val", "blend")}

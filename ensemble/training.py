@@ -17,10 +17,8 @@ SIGKILL mid-save) leaves only complete files; a restart continues after the last
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from ensemble.artifacts import load_keras_model
-from ensemble.errors import RunError
-from ensemble.fileio import atomic_write_json
+from ensemble.errors import ConfigError, RunError
+from ensemble.fileio import atomic_write_json, atomic_write_with
 from ensemble.pipeline import class_weights, training_dataset
-from ensemble.specs import MemberSpec
+from ensemble.specs import MemberSpec, member_spec_from_dict
 
 FINISHED = "metrics.json"
 
@@ -328,7 +326,7 @@ def _check_or_write_spec(spec: MemberSpec, member_dir: Path) -> None:
     path = member_dir / "spec.json"
     resolved = spec.to_dict()
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = _resolved_saved_spec(path)
         if saved != json.loads(json.dumps(resolved)):
             changed = sorted(
                 k for k in resolved if saved.get(k) != json.loads(json.dumps(resolved[k]))
@@ -341,6 +339,19 @@ def _check_or_write_spec(spec: MemberSpec, member_dir: Path) -> None:
     atomic_write_json(path, resolved)
 
 
+def _resolved_saved_spec(path: Path) -> dict:
+    """The saved spec with defaults filled in.
+
+    Fields added to the package since the spec was written (at their default values) then do
+    not count as changes.
+    """
+    saved = json.loads(path.read_text())
+    try:
+        return json.loads(json.dumps(member_spec_from_dict(saved, source=str(path)).to_dict()))
+    except ConfigError:
+        return saved
+
+
 def _load_state(member_dir: Path) -> dict | None:
     state_path = member_dir / "checkpoint" / "state.json"
     model_path = member_dir / "checkpoint" / "last.keras"
@@ -351,26 +362,11 @@ def _load_state(member_dir: Path) -> dict | None:
 
 def _atomic_save(model, path: Path) -> None:
     """Save a Keras model to a temporary ``.keras`` file beside ``path``, then rename it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras", dir=path.parent)
-    os.close(handle)
-    try:
-        model.save(temporary)
-        with open(temporary, "rb") as stream:
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write_with(path, model.save, suffix=".keras")
 
 
 def _atomic_copy(source: Path, target: Path) -> None:
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{target.stem}.", suffix=".tmp", dir=target.parent
-    )
-    os.close(handle)
-    shutil.copyfile(source, temporary)
-    os.replace(temporary, target)
+    atomic_write_with(target, lambda temporary: shutil.copyfile(source, temporary))
 
 
 def _all_layers(model):

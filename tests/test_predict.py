@@ -32,6 +32,9 @@ def messy_folder(synthetic_folder, tmp_path):
     Image.fromarray(np.tile(pixels, (3, 3, 1))).save(jpeg, "JPEG")
     (folder / "truncated.jpg").write_bytes(jpeg.getvalue()[:300])
     (folder / "text.jpg").write_text("I am not an image")
+    shutil.copy(source, folder / "nested" / "café cell №1.png")  # spaces and non-ASCII
+    (folder / "nested" / "loop").symlink_to(folder)  # a symlink loop
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # OS clutter: not an image, ignored
     return folder
 
 
@@ -62,8 +65,9 @@ def test_predict_mixed_folder(fitted_ci_run, messy_folder, tmp_path, capsys):
         "zero.jpg",
         "truncated.jpg",
         "text.jpg",
+        "nested/café cell №1.png",
     }
-    for good in ("good.png", "nested/gray.png", "rgba.png", "big.jpg"):
+    for good in ("good.png", "nested/gray.png", "rgba.png", "big.jpg", "nested/café cell №1.png"):
         assert by_path[good]["prediction"] and not by_path[good]["error"]
         assert 0 <= float(by_path[good]["confidence"]) <= 1
         assert by_path[good]["abstain"] in ("true", "false")
@@ -75,7 +79,7 @@ def test_predict_mixed_folder(fitted_ci_run, messy_folder, tmp_path, capsys):
     assert "not an image" in by_path["text.jpg"]["error"]
     for bad in ("zero.jpg", "truncated.jpg", "text.jpg"):
         assert by_path[bad]["prediction"] == "" and f"skipped {bad}" in err
-    assert "4 predicted, 3 skipped" in err
+    assert "5 predicted, 3 skipped" in err
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,194 @@
+"""Random acquisition corruptions for training: stain, exposure, hue, rotation, blur, noise, JPEG.
+
+Real smears differ from the training images in stain, focus, exposure and compression. To make
+members robust to that, each training image independently gets each of these corruptions with
+probability ``probability`` (so with 0.25, about a fifth of the images stay untouched and most
+get one or two), in the order a microscope and a file format would apply them:
+
+=============  =====================================================================
+rotation       an arbitrary angle in ±45° (with the dihedral symmetries: any angle),
+               borders filled by reflection
+stain          independent gain per colour channel in [0.7, 1.3] (colour casts)
+exposure       gamma in [0.5, 2.0] (under- and over-exposure)
+hue            hue shift in ±0.1 turn and saturation ×[0.7, 1.3]
+blur           Gaussian blur, σ ∈ {0.8, 1.2, 1.6, 2.0} × size / 96 (out of focus)
+noise          Gaussian sensor noise, σ ∈ [2, 20] grey levels
+jpeg           JPEG re-compression at quality [10, 90]
+=============  =====================================================================
+
+The ranges cover the shifts of :mod:`ensemble.shifts` (which measures robustness in the report)
+and go beyond them on both sides; the random draws are independent of the shift generator's.
+Everything works on float32 batches in the 0–255 range inside ``tf.data``.
+"""
+
+from __future__ import annotations
+
+import math
+
+CORRUPTIONS = ("rotation", "stain", "exposure", "hue", "blur", "noise", "jpeg")
+
+MAX_ROTATION_DEGREES = 45.0
+STAIN_GAIN_RANGE = (0.7, 1.3)
+GAMMA_RANGE = (0.5, 2.0)
+MAX_HUE_SHIFT = 0.1
+SATURATION_RANGE = (0.7, 1.3)
+BLUR_SIGMAS_AT_96PX = (0.8, 1.2, 1.6, 2.0)
+NOISE_SIGMA_RANGE = (2.0, 20.0)
+JPEG_QUALITY_RANGE = (10, 90)
+
+
+def corrupt(images, probability: float):
+    """Apply each acquisition corruption to each image of a batch with ``probability``.
+
+    Args:
+        images: ``(B, S, S, 3)`` float32 tensor, values in 0–255.
+        probability: chance that a given corruption is applied to a given image.
+
+    Returns:
+        A tensor of the same shape and range.
+    """
+    import tensorflow as tf
+
+    batch = tf.shape(images)[0]
+
+    def chosen():
+        return tf.random.uniform([batch]) < probability
+
+    images = _rotate(images, chosen())
+    images = _stain(images, chosen())
+    images = _exposure(images, chosen())
+    images = _hue(images, chosen())
+    images = _blur(images, chosen())
+    images = _noise(images, chosen())
+    images = _jpeg(images, chosen())
+    return tf.clip_by_value(images, 0.0, 255.0)
+
+
+def _select(mask, corrupted, images):
+    import tensorflow as tf
+
+    return tf.where(mask[:, None, None, None], corrupted, images)
+
+
+def _rotate(images, mask):
+    import tensorflow as tf
+
+    batch = tf.shape(images)[0]
+    height = tf.cast(tf.shape(images)[1], tf.float32)
+    width = tf.cast(tf.shape(images)[2], tf.float32)
+    limit = MAX_ROTATION_DEGREES * math.pi / 180
+    angles = tf.random.uniform([batch], -limit, limit) * tf.cast(mask, tf.float32)
+    cos, sin = tf.cos(angles), tf.sin(angles)
+    centre_x, centre_y = (width - 1) / 2, (height - 1) / 2
+    # Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2): rotation about
+    # the centre.
+    transforms = tf.stack(
+        [
+            cos,
+            -sin,
+            centre_x - cos * centre_x + sin * centre_y,
+            sin,
+            cos,
+            centre_y - sin * centre_x - cos * centre_y,
+            tf.zeros_like(cos),
+            tf.zeros_like(cos),
+        ],
+        axis=1,
+    )
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=tf.shape(images)[1:3],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="REFLECT",
+    )
+
+
+def _uniform(batch, low, high, shape=()):
+    import tensorflow as tf
+
+    return tf.random.uniform([batch, 1, 1, *shape] if shape else [batch, 1, 1, 1], low, high)
+
+
+def _stain(images, mask):
+    import tensorflow as tf
+
+    gains = _uniform(tf.shape(images)[0], *STAIN_GAIN_RANGE, shape=(3,))
+    return _select(mask, images * gains, images)
+
+
+def _exposure(images, mask):
+    import tensorflow as tf
+
+    low, high = (math.log(value) for value in GAMMA_RANGE)
+    gamma = tf.exp(_uniform(tf.shape(images)[0], low, high))
+    exposed = 255.0 * tf.pow(tf.clip_by_value(images, 0.0, 255.0) / 255.0, gamma)
+    return _select(mask, exposed, images)
+
+
+def _hue(images, mask):
+    import tensorflow as tf
+
+    batch = tf.shape(images)[0]
+    hsv = tf.image.rgb_to_hsv(tf.clip_by_value(images, 0.0, 255.0) / 255.0)
+    hue = tf.math.floormod(hsv[..., 0:1] + _uniform(batch, -MAX_HUE_SHIFT, MAX_HUE_SHIFT), 1.0)
+    saturation = tf.clip_by_value(hsv[..., 1:2] * _uniform(batch, *SATURATION_RANGE), 0.0, 1.0)
+    shifted = tf.image.hsv_to_rgb(tf.concat([hue, saturation, hsv[..., 2:3]], axis=-1)) * 255.0
+    return _select(mask, shifted, images)
+
+
+def _gaussian_kernel(sigma: float):
+    import tensorflow as tf
+
+    radius = max(1, int(math.ceil(2.5 * sigma)))
+    offsets = tf.range(-radius, radius + 1, dtype=tf.float32)
+    weights = tf.exp(-0.5 * tf.square(offsets / sigma))
+    return weights / tf.reduce_sum(weights)
+
+
+def _blur(images, mask):
+    import tensorflow as tf
+
+    size = images.shape[1] or 96
+    batch = tf.shape(images)[0]
+    blurred_versions = []
+    for sigma in BLUR_SIGMAS_AT_96PX:
+        kernel = _gaussian_kernel(sigma * size / 96)
+        horizontal = tf.tile(kernel[None, :, None, None], [1, 1, 3, 1])
+        vertical = tf.tile(kernel[:, None, None, None], [1, 1, 3, 1])
+        padded = tf.pad(images, [[0, 0], [0, 0], [kernel.shape[0] // 2] * 2, [0, 0]], "SYMMETRIC")
+        blurred = tf.nn.depthwise_conv2d(padded, horizontal, [1, 1, 1, 1], "VALID")
+        padded = tf.pad(blurred, [[0, 0], [kernel.shape[0] // 2] * 2, [0, 0], [0, 0]], "SYMMETRIC")
+        blurred_versions.append(tf.nn.depthwise_conv2d(padded, vertical, [1, 1, 1, 1], "VALID"))
+    which = tf.random.uniform([batch], 0, len(BLUR_SIGMAS_AT_96PX), dtype=tf.int32)
+    blurred = tf.gather(tf.stack(blurred_versions, axis=1), which, axis=1, batch_dims=1)
+    return _select(mask, blurred, images)
+
+
+def _noise(images, mask):
+    import tensorflow as tf
+
+    sigma = _uniform(tf.shape(images)[0], *NOISE_SIGMA_RANGE)
+    return _select(mask, images + tf.random.normal(tf.shape(images)) * sigma, images)
+
+
+def _jpeg(images, mask):
+    import tensorflow as tf
+
+    low, high = JPEG_QUALITY_RANGE
+    qualities = tf.random.uniform([tf.shape(images)[0]], low, high + 1, dtype=tf.int32)
+
+    def recompress(args):
+        image, quality, apply = args
+        return tf.cond(
+            apply,
+            lambda: tf.image.adjust_jpeg_quality(image / 255.0, quality) * 255.0,
+            lambda: image,
+        )
+
+    return tf.map_fn(
+        recompress,
+        (tf.clip_by_value(images, 0.0, 255.0), qualities, mask),
+        fn_output_signature=tf.float32,
+    )

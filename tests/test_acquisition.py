@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+
+from ensemble import acquisition
+from ensemble.acquisition import CORRUPTIONS, corrupt
+from ensemble.errors import ConfigError
+from ensemble.pipeline import AugmentationConfig, training_dataset
+from ensemble.synthetic import make_arrays
+
+ONE_CORRUPTION = {
+    "rotation": acquisition._rotate,
+    "stain": acquisition._stain,
+    "exposure": acquisition._exposure,
+    "hue": acquisition._hue,
+    "blur": acquisition._blur,
+    "noise": acquisition._noise,
+    "jpeg": acquisition._jpeg,
+}
+
+
+@pytest.fixture(scope="module")
+def cells():
+    """Synthetic cells with fine texture, so that every corruption visibly changes them."""
+    images, _, _ = make_arrays(per_class=1, size=64, seed=0)
+    texture = np.random.default_rng(0).normal(0, 12, images.shape)
+    return np.clip(images + texture, 0, 255).round().astype(np.float32)
+
+
+def test_every_corruption_is_covered():
+    assert set(ONE_CORRUPTION) == set(CORRUPTIONS)
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_each_corruption_changes_only_the_chosen_images(cells, name):
+    mask = np.arange(len(cells)) % 2 == 0
+    out = ONE_CORRUPTION[name](cells, mask).numpy()
+    assert out.shape == cells.shape and out.dtype == np.float32
+    assert np.array_equal(out[~mask], cells[~mask])
+    for index in np.flatnonzero(mask):
+        assert np.abs(out[index] - cells[index]).mean() > 0.5, (name, index)
+
+
+def test_probability_zero_is_identity_and_one_changes_all(cells):
+    assert np.array_equal(corrupt(cells, 0.0).numpy(), cells)
+    out = corrupt(cells, 1.0).numpy()
+    assert out.min() >= 0.0 and out.max() <= 255.0
+    assert all(np.abs(out[i] - cells[i]).mean() > 1.0 for i in range(len(cells)))
+
+
+def test_blur_smooths_and_noise_roughens(cells):
+    everywhere = np.ones(len(cells), bool)
+
+    def roughness(batch):
+        return float(np.abs(np.diff(batch, axis=2)).mean())
+
+    assert roughness(acquisition._blur(cells, everywhere).numpy()) < roughness(cells)
+    assert roughness(acquisition._noise(cells, everywhere).numpy()) > roughness(cells)
+
+
+def test_training_dataset_applies_corruptions(cells):
+    images = cells.astype(np.uint8)
+    labels = np.zeros(len(images))
+    clean = AugmentationConfig(dihedral=False, randaugment_magnitude=0.0)
+    noisy = AugmentationConfig(
+        dihedral=False, randaugment_magnitude=0.0, corruption_probability=1.0
+    )
+    seen = np.concatenate(
+        [
+            b[0].numpy()
+            for b in training_dataset(images, labels, batch_size=4, augmentation=noisy, seed=0)
+        ]
+    )
+    untouched = np.concatenate(
+        [
+            b[0].numpy()
+            for b in training_dataset(images, labels, batch_size=4, augmentation=clean, seed=0)
+        ]
+    )
+    assert seen.shape == untouched.shape
+    assert sorted(map(bytes, seen.astype(np.uint8))) != sorted(
+        map(bytes, untouched.astype(np.uint8))
+    )
+
+
+def test_bad_probability_named():
+    with pytest.raises(ConfigError, match="Received: corruption_probability=1.5"):
+        AugmentationConfig(corruption_probability=1.5)

@@ -1,0 +1,79 @@
+"""`ensemble report`: test-time augmentation, shifts by kind, and separate labelled sets."""
+
+import json
+import shutil
+
+from ensemble.shifts import SHIFTS
+from ensemble.synthetic import write_folder
+from tests.conftest import run_cli
+
+
+def test_report_with_tta_shows_shift_kinds_and_speed(
+    fitted_ci_run, synthetic_folder, tmp_path, capsys
+):
+    out = tmp_path / "tta"
+    code, _, err = run_cli(
+        ["report", "--run", fitted_ci_run, "--data", synthetic_folder, "--out", out, "--tta"],
+        capsys,
+    )
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["tta"] is True
+    assert set(metrics["shifted_by_kind"]["soft"]) == set(SHIFTS)
+    speeds = metrics["prediction_images_per_second"]
+    assert set(speeds) == {"tiny-a", "tiny-b", "tiny-ovr"} and min(speeds.values()) > 0
+    text = (out / "report.md").read_text()
+    assert "test-time augmentation" in text
+    assert "| model | " + " | ".join(SHIFTS) + " |" in text
+
+
+def test_report_on_separate_labelled_folder(fitted_ci_run, tmp_path, capsys):
+    other = write_folder(tmp_path / "other", per_class=3, size=48, seed=7)
+    for name in ("basophil", "platelet"):  # a set may hold fewer classes than the run
+        shutil.rmtree(other / name)
+    (other / "monocyte" / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "report"
+    code, _, err = run_cli(
+        ["report", "--run", fitted_ci_run, "--data", other, "--out", out, "--no-shifted"], capsys
+    )
+    assert code == 0, err
+    assert "is not the data of run" in err and "scoring all of its" in err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_images"] == 18  # 6 classes × 3; the broken file is left out
+    assert [item["id"] for item in metrics["skipped"]] == ["monocyte/broken.png"]
+    classes = metrics["classes"]
+    confusion = metrics["models"]["soft"]["confusion"]
+    assert sum(confusion[classes.index("basophil")]) == 0
+    assert sum(confusion[classes.index("monocyte")]) == 3
+    assert "monocyte/broken.png" in (out / "report.md").read_text()
+
+
+def test_report_on_folder_with_unknown_class(fitted_ci_run, tmp_path, capsys):
+    other = write_folder(tmp_path / "other", per_class=2, size=48, seed=8)
+    (other / "monocyte").rename(other / "macrophage")
+    code, _, err = run_cli(["report", "--run", fitted_ci_run, "--data", other], capsys)
+    assert code == 2
+    assert "classes ['macrophage']" in err and "are not classes of the run" in err
+
+
+def test_report_warns_when_images_were_trained_on(
+    fitted_ci_run, synthetic_folder, tmp_path, capsys
+):
+    other = tmp_path / "other"
+    shutil.copytree(synthetic_folder, other)
+    next((other / "neutrophil").iterdir()).unlink()  # not the run's data any more
+    code, _, err = run_cli(
+        [
+            "report",
+            "--run",
+            fitted_ci_run,
+            "--data",
+            other,
+            "--out",
+            tmp_path / "r",
+            "--no-shifted",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert "are byte-identical to images the run trained or fitted on" in err
