@@ -18,7 +18,9 @@ jpeg           JPEG re-compression at quality [10, 90]
 
 The ranges cover the shifts of :mod:`ensemble.shifts` (which measures robustness in the report)
 and go beyond them on both sides; the random draws are independent of the shift generator's.
-Everything works on float32 batches in the 0–255 range inside ``tf.data``.
+Everything works on float32 batches in the 0–255 range inside ``tf.data``, with stateless random
+ops: the same ``seed`` tensor always gives the same corruptions, whatever else the process did
+before (so training with a given seed is repeatable, also after a resume).
 """
 
 from __future__ import annotations
@@ -37,12 +39,13 @@ NOISE_SIGMA_RANGE = (2.0, 20.0)
 JPEG_QUALITY_RANGE = (10, 90)
 
 
-def corrupt(images, probability: float):
+def corrupt(images, probability: float, seed):
     """Apply each acquisition corruption to each image of a batch with ``probability``.
 
     Args:
         images: ``(B, S, S, 3)`` float32 tensor, values in 0–255.
         probability: chance that a given corruption is applied to a given image.
+        seed: shape ``[2]`` integer tensor (a stateless-random seed); same seed, same output.
 
     Returns:
         A tensor of the same shape and range.
@@ -50,17 +53,10 @@ def corrupt(images, probability: float):
     import tensorflow as tf
 
     batch = tf.shape(images)[0]
-
-    def chosen():
-        return tf.random.uniform([batch]) < probability
-
-    images = _rotate(images, chosen())
-    images = _stain(images, chosen())
-    images = _exposure(images, chosen())
-    images = _hue(images, chosen())
-    images = _blur(images, chosen())
-    images = _noise(images, chosen())
-    images = _jpeg(images, chosen())
+    seeds = iter(tf.unstack(tf.random.experimental.stateless_split(seed, 2 * len(CORRUPTIONS))))
+    for corruption in (_rotate, _stain, _exposure, _hue, _blur, _noise, _jpeg):
+        chosen = tf.random.stateless_uniform([batch], next(seeds)) < probability
+        images = corruption(images, chosen, next(seeds))
     return tf.clip_by_value(images, 0.0, 255.0)
 
 
@@ -70,14 +66,14 @@ def _select(mask, corrupted, images):
     return tf.where(mask[:, None, None, None], corrupted, images)
 
 
-def _rotate(images, mask):
+def _rotate(images, mask, seed):
     import tensorflow as tf
 
     batch = tf.shape(images)[0]
     height = tf.cast(tf.shape(images)[1], tf.float32)
     width = tf.cast(tf.shape(images)[2], tf.float32)
     limit = MAX_ROTATION_DEGREES * math.pi / 180
-    angles = tf.random.uniform([batch], -limit, limit) * tf.cast(mask, tf.float32)
+    angles = tf.random.stateless_uniform([batch], seed, -limit, limit) * tf.cast(mask, tf.float32)
     cos, sin = tf.cos(angles), tf.sin(angles)
     centre_x, centre_y = (width - 1) / 2, (height - 1) / 2
     # Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2): rotation about
@@ -105,35 +101,39 @@ def _rotate(images, mask):
     )
 
 
-def _uniform(batch, low, high, shape=()):
+def _uniform(batch, seed, low, high, channels=1):
+    """One value per image (or per image and channel), shaped to broadcast over pixels."""
     import tensorflow as tf
 
-    return tf.random.uniform([batch, 1, 1, *shape] if shape else [batch, 1, 1, 1], low, high)
+    return tf.random.stateless_uniform([batch, 1, 1, channels], seed, low, high)
 
 
-def _stain(images, mask):
+def _stain(images, mask, seed):
     import tensorflow as tf
 
-    gains = _uniform(tf.shape(images)[0], *STAIN_GAIN_RANGE, shape=(3,))
+    gains = _uniform(tf.shape(images)[0], seed, *STAIN_GAIN_RANGE, channels=3)
     return _select(mask, images * gains, images)
 
 
-def _exposure(images, mask):
+def _exposure(images, mask, seed):
     import tensorflow as tf
 
     low, high = (math.log(value) for value in GAMMA_RANGE)
-    gamma = tf.exp(_uniform(tf.shape(images)[0], low, high))
+    gamma = tf.exp(_uniform(tf.shape(images)[0], seed, low, high))
     exposed = 255.0 * tf.pow(tf.clip_by_value(images, 0.0, 255.0) / 255.0, gamma)
     return _select(mask, exposed, images)
 
 
-def _hue(images, mask):
+def _hue(images, mask, seed):
     import tensorflow as tf
 
     batch = tf.shape(images)[0]
+    hue_seed, saturation_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     hsv = tf.image.rgb_to_hsv(tf.clip_by_value(images, 0.0, 255.0) / 255.0)
-    hue = tf.math.floormod(hsv[..., 0:1] + _uniform(batch, -MAX_HUE_SHIFT, MAX_HUE_SHIFT), 1.0)
-    saturation = tf.clip_by_value(hsv[..., 1:2] * _uniform(batch, *SATURATION_RANGE), 0.0, 1.0)
+    shift = _uniform(batch, hue_seed, -MAX_HUE_SHIFT, MAX_HUE_SHIFT)
+    hue = tf.math.floormod(hsv[..., 0:1] + shift, 1.0)
+    factor = _uniform(batch, saturation_seed, *SATURATION_RANGE)
+    saturation = tf.clip_by_value(hsv[..., 1:2] * factor, 0.0, 1.0)
     shifted = tf.image.hsv_to_rgb(tf.concat([hue, saturation, hsv[..., 2:3]], axis=-1)) * 255.0
     return _select(mask, shifted, images)
 
@@ -147,7 +147,7 @@ def _gaussian_kernel(sigma: float):
     return weights / tf.reduce_sum(weights)
 
 
-def _blur(images, mask):
+def _blur(images, mask, seed):
     import tensorflow as tf
 
     size = images.shape[1] or 96
@@ -161,23 +161,27 @@ def _blur(images, mask):
         blurred = tf.nn.depthwise_conv2d(padded, horizontal, [1, 1, 1, 1], "VALID")
         padded = tf.pad(blurred, [[0, 0], [kernel.shape[0] // 2] * 2, [0, 0], [0, 0]], "SYMMETRIC")
         blurred_versions.append(tf.nn.depthwise_conv2d(padded, vertical, [1, 1, 1, 1], "VALID"))
-    which = tf.random.uniform([batch], 0, len(BLUR_SIGMAS_AT_96PX), dtype=tf.int32)
+    which = tf.random.stateless_uniform([batch], seed, 0, len(BLUR_SIGMAS_AT_96PX), dtype=tf.int32)
     blurred = tf.gather(tf.stack(blurred_versions, axis=1), which, axis=1, batch_dims=1)
     return _select(mask, blurred, images)
 
 
-def _noise(images, mask):
+def _noise(images, mask, seed):
     import tensorflow as tf
 
-    sigma = _uniform(tf.shape(images)[0], *NOISE_SIGMA_RANGE)
-    return _select(mask, images + tf.random.normal(tf.shape(images)) * sigma, images)
+    sigma_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    sigma = _uniform(tf.shape(images)[0], sigma_seed, *NOISE_SIGMA_RANGE)
+    noise = tf.random.stateless_normal(tf.shape(images), noise_seed) * sigma
+    return _select(mask, images + noise, images)
 
 
-def _jpeg(images, mask):
+def _jpeg(images, mask, seed):
     import tensorflow as tf
 
     low, high = JPEG_QUALITY_RANGE
-    qualities = tf.random.uniform([tf.shape(images)[0]], low, high + 1, dtype=tf.int32)
+    qualities = tf.random.stateless_uniform(
+        [tf.shape(images)[0]], seed, low, high + 1, dtype=tf.int32
+    )
 
     def recompress(args):
         image, quality, apply = args

@@ -76,12 +76,15 @@ def class_weights(labels: np.ndarray, n_classes: int, mode: str | dict | None) -
     return {index: float(weight) for index, weight in enumerate(weights)}
 
 
-def random_dihedral(images):
-    """Apply an independent random one of the 8 dihedral symmetries to each image of a batch."""
+def random_dihedral(images, seed):
+    """Apply an independent random one of the 8 dihedral symmetries to each image of a batch.
+
+    ``seed`` is a shape ``[2]`` integer stateless-random seed: the same seed, the same views.
+    """
     import tensorflow as tf
 
     batch = tf.shape(images)[0]
-    choice = tf.random.uniform([batch], 0, 8, dtype=tf.int32)
+    choice = tf.random.stateless_uniform([batch], seed, 0, 8, dtype=tf.int32)
     flipped = tf.where((choice >= 4)[:, None, None, None], tf.image.flip_left_right(images), images)
     rotations = choice % 4
     # Rotating by k·90° is a transpose and/or flip; build all four and pick per image.
@@ -146,16 +149,27 @@ def training_dataset(
             seed=seed,
         )
 
-    def augment(batch_images, *rest):
+    # One stateless seed per batch, fresh every epoch but fixed by ``seed``: the augmentation
+    # does not depend on what else the process built before (other members, a resume).
+    batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+    def augment(batch, batch_seed):
+        batch_images, *rest = batch
+        dihedral_seed, corruption_seed = tf.unstack(
+            tf.random.experimental.stateless_split(batch_seed, 2)
+        )
         batch_images = tf.cast(batch_images, tf.float32)
         if augmentation.dihedral:
-            batch_images = random_dihedral(batch_images)
+            batch_images = random_dihedral(batch_images, dihedral_seed)
         if randaugment is not None:
             batch_images = randaugment(batch_images, training=True)
         if augmentation.corruption_probability > 0:
-            batch_images = corrupt(batch_images, augmentation.corruption_probability)
+            batch_images = corrupt(
+                batch_images, augmentation.corruption_probability, corruption_seed
+            )
         return (batch_images, *rest)
 
+    dataset = tf.data.Dataset.zip((dataset, batch_seeds))
     dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 

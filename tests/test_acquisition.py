@@ -7,6 +7,7 @@ from ensemble.errors import ConfigError
 from ensemble.pipeline import AugmentationConfig, training_dataset
 from ensemble.synthetic import make_arrays
 
+SEED = np.array([5, 6])
 ONE_CORRUPTION = {
     "rotation": acquisition._rotate,
     "stain": acquisition._stain,
@@ -33,7 +34,7 @@ def test_every_corruption_is_covered():
 @pytest.mark.parametrize("name", CORRUPTIONS)
 def test_each_corruption_changes_only_the_chosen_images(cells, name):
     mask = np.arange(len(cells)) % 2 == 0
-    out = ONE_CORRUPTION[name](cells, mask).numpy()
+    out = ONE_CORRUPTION[name](cells, mask, SEED).numpy()
     assert out.shape == cells.shape and out.dtype == np.float32
     assert np.array_equal(out[~mask], cells[~mask])
     for index in np.flatnonzero(mask):
@@ -41,8 +42,8 @@ def test_each_corruption_changes_only_the_chosen_images(cells, name):
 
 
 def test_probability_zero_is_identity_and_one_changes_all(cells):
-    assert np.array_equal(corrupt(cells, 0.0).numpy(), cells)
-    out = corrupt(cells, 1.0).numpy()
+    assert np.array_equal(corrupt(cells, 0.0, SEED).numpy(), cells)
+    out = corrupt(cells, 1.0, SEED).numpy()
     assert out.min() >= 0.0 and out.max() <= 255.0
     assert all(np.abs(out[i] - cells[i]).mean() > 1.0 for i in range(len(cells)))
 
@@ -53,8 +54,8 @@ def test_blur_smooths_and_noise_roughens(cells):
     def roughness(batch):
         return float(np.abs(np.diff(batch, axis=2)).mean())
 
-    assert roughness(acquisition._blur(cells, everywhere).numpy()) < roughness(cells)
-    assert roughness(acquisition._noise(cells, everywhere).numpy()) > roughness(cells)
+    assert roughness(acquisition._blur(cells, everywhere, SEED).numpy()) < roughness(cells)
+    assert roughness(acquisition._noise(cells, everywhere, SEED).numpy()) > roughness(cells)
 
 
 def test_training_dataset_applies_corruptions(cells):
@@ -85,3 +86,9 @@ def test_training_dataset_applies_corruptions(cells):
 def test_bad_probability_named():
     with pytest.raises(ConfigError, match="Received: corruption_probability=1.5"):
         AugmentationConfig(corruption_probability=1.5)
+
+
+def test_same_seed_same_corruptions(cells):
+    first = corrupt(cells, 0.5, np.array([1, 1])).numpy()
+    assert np.array_equal(first, corrupt(cells, 0.5, np.array([1, 1])).numpy())
+    assert not np.array_equal(first, corrupt(cells, 0.5, np.array([1, 2])).numpy())

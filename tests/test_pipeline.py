@@ -47,7 +47,7 @@ def test_random_dihedral_gives_only_dihedral_views():
     image = np.arange(4 * 4 * 3, dtype=np.float32).reshape(1, 4, 4, 3)
     views = {v.tobytes() for v in dihedral_views(image)}
     assert len(views) == 8
-    out = random_dihedral(np.repeat(image, 64, axis=0)).numpy()
+    out = random_dihedral(np.repeat(image, 64, axis=0), np.array([1, 2])).numpy()
     produced = {o[None].tobytes() for o in out}
     assert produced <= views and len(produced) >= 6
 
@@ -79,3 +79,25 @@ def test_balanced_class_weights():
 def test_bad_augmentation_and_weights(call, match):
     with pytest.raises(ConfigError, match=match):
         call()
+
+
+def test_augmentation_is_fixed_by_the_seed_and_fresh_every_epoch():
+    import tensorflow as tf
+
+    images = np.random.default_rng(2).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
+    config = AugmentationConfig(randaugment_magnitude=0.0, corruption_probability=0.5)
+
+    def epochs(seed, count=2):
+        dataset = training_dataset(
+            images, np.zeros(16), batch_size=8, augmentation=config, seed=seed
+        )
+        return [np.concatenate([b[0].numpy() for b in dataset]) for _ in range(count)]
+
+    tf.random.uniform([3])  # unrelated random ops in between must not matter
+    first = epochs(seed=3)
+    tf.random.uniform([3])
+    again = epochs(seed=3)
+    other = epochs(seed=4)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not np.array_equal(first[0], first[1])  # a new draw every epoch
+    assert not np.array_equal(first[0], other[0])

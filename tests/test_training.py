@@ -136,3 +136,42 @@ def test_pretrained_two_phases_freeze_then_unfreeze(data, tmp_path):
         np.array_equal(a, b)
         for a, b in zip(inner.get_weights(), reference.get_weights(), strict=True)
     )
+
+
+def test_same_seed_trains_to_the_same_metrics(data, tmp_path):
+    """Same data and seed: metrics within the tolerance stated in results/reliability.md."""
+    spec = member_spec_from_dict(TINY | {"schedule": {"epochs": 2, "warmup_epochs": 0}})
+    other_seed = member_spec_from_dict(TINY | {"seed": 9, "schedule": {"epochs": 2}})
+    for name, member in (("a", spec), ("b", spec), ("c", other_seed)):
+        train_member(member, data, tmp_path / name, verbose=0)
+
+    def history(name):
+        return json.loads((tmp_path / name / "history.json").read_text())
+
+    for first, second in zip(history("a"), history("b"), strict=True):
+        assert abs(first["loss"] - second["loss"]) <= 1e-3
+        assert abs(first["val_accuracy"] - second["val_accuracy"]) <= 0.02
+    assert history("a")[0]["loss"] != history("c")[0]["loss"]  # the seed does matter
+
+
+def test_old_spec_without_new_fields_is_accepted(data, tmp_path):
+    """A member trained before a spec field existed is not "changed" by the field's default."""
+    spec = member_spec_from_dict(TINY | {"schedule": {"epochs": 1, "warmup_epochs": 0}})
+    train_member(spec, data, tmp_path / "m", verbose=0, stop_after_epochs=1)
+    saved = json.loads((tmp_path / "m" / "spec.json").read_text())
+    del saved["augmentation"]["corruption_probability"]  # as written by an older version
+    (tmp_path / "m" / "spec.json").write_text(json.dumps(saved))
+    train_member(spec, data, tmp_path / "m", verbose=0)
+    with pytest.raises(RunError, match="changed: \\['augmentation'\\]"):
+        train_member(
+            member_spec_from_dict(
+                TINY
+                | {
+                    "augmentation": {"corruption_probability": 0.5},
+                    "schedule": {"epochs": 1, "warmup_epochs": 0},
+                }
+            ),
+            data,
+            tmp_path / "m",
+            verbose=0,
+        )
