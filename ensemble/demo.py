@@ -1,16 +1,14 @@
 """``ensemble demo``: the whole flow on the built-in synthetic data set, in a few minutes.
 
 Writes synthetic cells, trains the demo pipeline's members, fits the combiners, predicts a folder
-of new images (with one broken file, to show how it is reported) and writes a short report of
-each member and combiner on the held-out test split. Synthetic numbers say that the machinery
-works, nothing about real blood cells.
+of new images (with one broken file, to show how it is reported) and writes the full
+``ensemble report`` of every member and combiner on the held-out test split (with its shifted
+copy). Synthetic numbers say that the machinery works, nothing about real blood cells.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-from ensemble.fileio import atomic_write_text
 
 
 def run_demo(out: Path, per_class: int = 50, pipeline_path: Path | None = None) -> dict[str, Path]:
@@ -21,6 +19,7 @@ def run_demo(out: Path, per_class: int = 50, pipeline_path: Path | None = None) 
     from ensemble.fitting import fit_combiners
     from ensemble.members import train_pipeline_members
     from ensemble.predict import predict_folder, write_predictions
+    from ensemble.report import report_on_split
     from ensemble.run import open_run
     from ensemble.specs import load_pipeline
     from ensemble.synthetic import make_arrays, write_folder
@@ -38,39 +37,16 @@ def run_demo(out: Path, per_class: int = 50, pipeline_path: Path | None = None) 
     dataset = load_dataset(data)
     train_pipeline_members(pipeline, dataset, run_dir)
     run = open_run(run_dir, dataset)
-    selection = fit_combiners(run)
+    fit_combiners(run)
     predictions = predict_folder(incoming, run_dir)
     write_predictions(predictions, out / "predictions.csv", as_json=False)
-    report = out / "report.md"
-    atomic_write_text(report, _report(run, selection))
-    return {"data": data, "run": run_dir, "predictions": out / "predictions.csv", "report": report}
-
-
-def _report(run, selection: dict) -> str:
-    from ensemble.features import cached_member_outputs
-    from ensemble.report import combine_outputs
-
-    # One forward pass per member on the test split; every combiner reuses its outputs.
-    outputs = {name: cached_member_outputs(run, name, "test") for name in selection["members"]}
-    labels = outputs[selection["members"][0]]["labels"]
-    rows = ["| model | test accuracy |", "|---|---|"]
-    for model, probabilities in combine_outputs(run.root, outputs).items():
-        accuracy = float((probabilities.argmax(1) == labels).mean())
-        rows.append(f"| {model} | {accuracy:.3f} |")
-    return "\n".join(
-        [
-            "# Demo report (synthetic data)",
-            "",
-            f"{len(labels)} held-out test images of the built-in synthetic set. These numbers only "
-            "show that training, combining and predicting work; they say nothing about real cells.",
-            "",
-            *rows,
-            "",
-            f"Default combiner (best cross-validated accuracy on blend): "
-            f"{selection['default_combiner']}",
-            "",
-        ]
-    )
+    report_on_split(run, "test", out / "report", shifted=True)
+    return {
+        "data": data,
+        "run": run_dir,
+        "predictions": out / "predictions.csv",
+        "report": out / "report" / "report.md",
+    }
 
 
 def _repository_file(relative: str) -> Path:

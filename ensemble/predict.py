@@ -209,15 +209,18 @@ def predict_folder(
             return str(error)
         return {size: crop_and_resize(pixels, size) for size in sizes}
 
+    chunks = [files[start : start + chunk] for start in range(0, len(files), chunk)]
     with ThreadPoolExecutor(max_workers=2) as pool:  # PIL decodes without holding the GIL
-        for start in progress(range(0, len(files), chunk), desc="predicting"):
+        upcoming = [pool.submit(decode, path) for path in chunks[0]]
+        for number, batch in enumerate(progress(chunks, desc="predicting")):
+            current = upcoming
+            if number + 1 < len(chunks):  # decode the next chunk while the members run
+                upcoming = [pool.submit(decode, path) for path in chunks[number + 1]]
             decoded: dict[int, list[np.ndarray]] = {size: [] for size in sizes}
             good: list[int] = []
             rows = []
-            batch = files[start : start + chunk]
-            for position, (path, outcome) in enumerate(
-                zip(batch, pool.map(decode, batch), strict=True)
-            ):
+            for position, (path, future) in enumerate(zip(batch, current, strict=True)):
+                outcome = future.result()
                 relative = path.relative_to(folder).as_posix()
                 row = {column: "" for column in result.columns()} | {"path": relative}
                 if isinstance(outcome, str):

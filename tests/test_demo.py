@@ -1,18 +1,59 @@
 import csv
+import json
+import subprocess
+import sys
 
-from tests.conftest import run_cli
+import pytest
 
 
-def test_demo_runs_the_whole_flow(tmp_path, capsys):
-    code, out, err = run_cli(["demo", "--out", tmp_path / "demo", "--per-class", "24"], capsys)
-    assert code == 0, err
+@pytest.fixture(scope="module")
+def demo_output(tmp_path_factory):
+    """``ensemble demo`` run once for this module (as a user would: a separate process)."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    command = [sys.executable, "-m", "ensemble", "demo", "--out", str(out), "--per-class", "24"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out, result.stdout, result.stderr
+
+
+def test_demo_runs_the_whole_flow(demo_output):
+    out, stdout, err = demo_output
     for name in ("data", "run", "predictions", "report"):
-        assert f"  {name}" in out
-    rows = list(csv.DictReader((tmp_path / "demo/predictions.csv").open()))
+        assert f"  {name}" in stdout
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert len(rows) == 17  # 16 new images and one broken file
     assert sum(1 for row in rows if row["error"]) == 1
     assert "skipped broken.jpg" in err
-    report = (tmp_path / "demo/report.md").read_text()
-    for model in ("small-cnn", "hard", "soft", "weighted", "greedy", "stack"):
-        assert f"| {model} |" in report
-    assert (tmp_path / "demo/run/combiners/stacker.ubj").is_file()
+    assert (out / "run/combiners/stacker.ubj").is_file()
+
+
+def test_report_renders_on_the_demo_run(demo_output):
+    """All files exist and the tables hold the computed values."""
+    folder = demo_output[0] / "report"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    lines = (folder / "report.md").read_text().splitlines()
+    assert set(metrics["models"]) == {
+        "small-cnn",
+        "small-cnn-b",
+        "ovr",
+        "hard",
+        "soft",
+        "weighted",
+        "greedy",
+        "stack",
+    }
+
+    def row(first_cell):
+        return [line for line in lines if line.replace("**", "").startswith(f"| {first_cell} |")]
+
+    for model, values in metrics["models"].items():
+        low, high = values["ci95"]["accuracy"]
+        assert f"| {values['accuracy']:.4f} ({low:.4f}–{high:.4f}) |" in row(model)[0]
+        shifted = metrics["shifted"][model]["accuracy"]
+        assert f"| {model} | {values['accuracy']:.4f} | {shifted:.4f} |" in row(model)
+        assert (folder / f"confusion_{model}.png").stat().st_size > 1000
+    assert (folder / "calibration_and_abstention.png").stat().st_size > 1000
+    test = metrics["mcnemar"]["hard_vs_stack"]
+    assert row("hard vs stack")[0].startswith(
+        f"| hard vs stack | {test['first_only']} | {test['second_only']} |"
+    )
