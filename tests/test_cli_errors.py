@@ -12,7 +12,7 @@ def test_bad_value_is_one_line_and_debug_shows_the_traceback(synthetic_folder, t
     args = ["split", synthetic_folder, "--out", tmp_path / "s.json", "--fractions", "1,1,1,1"]
     code, _, err = run_cli(args, capsys)
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
-    with pytest.raises(Exception, match="fractions"):
+    with pytest.raises(Exception, match="split fraction train=1.0 must be in"):
         run_cli(["--debug", *args], capsys)
 
 

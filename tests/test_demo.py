@@ -35,7 +35,7 @@ def test_report_renders_on_the_demo_run(demo_output):
     assert set(metrics["models"]) == {
         "small-cnn",
         "small-cnn-b",
-        "ovr",
+        "ovr-small-cnn",
         "hard",
         "soft",
         "weighted",
