@@ -12,6 +12,18 @@ from pathlib import Path
 import numpy as np
 
 
+def verdict(first: str, second: str, test: dict, alpha: float = 0.05) -> str:
+    """One sentence saying which of two models wins on the same images, with the evidence."""
+    evidence = (
+        f"{test['first_only']} images right only by {first}, {test['second_only']} only by "
+        f"{second}, McNemar p = {test['p_value']:.3g}"
+    )
+    if test["p_value"] >= alpha:
+        return f"No significant difference between {first} and {second} ({evidence})."
+    winner = first if test["first_only"] > test["second_only"] else second
+    return f"**{winner[0].upper() + winner[1:]} wins** ({evidence})."
+
+
 def _speed(images_per_second: float | None) -> str:
     return "-" if images_per_second is None else f"{images_per_second:.0f}"
 
@@ -129,6 +141,17 @@ def render_markdown(metrics: dict, run_root: Path) -> str:
             f"| {name.replace('_vs_', ' vs ')} | {test['first_only']} | {test['second_only']} | "
             f"{test['p_value']:.4g} |"
         )
+    best, member = metrics["best_combiner"], metrics["best_member"]
+    lines += [
+        "",
+        "- " + verdict("hard voting", "stacking", metrics["mcnemar"]["hard_vs_stack"]),
+        "- "
+        + verdict(
+            f"the best combiner ({best})",
+            f"the best single member ({member})",
+            metrics["mcnemar"][f"{best}_vs_{member}"],
+        ),
+    ]
     if metrics["shifted"]:
         lines += [
             "",

@@ -77,3 +77,16 @@ def test_report_warns_when_images_were_trained_on(
     )
     assert code == 0, err
     assert "are byte-identical to images the run trained or fitted on" in err
+
+
+def test_verdict_names_the_winner_only_when_significant():
+    from ensemble.report_render import verdict
+
+    won = verdict("hard voting", "stacking", {"first_only": 13, "second_only": 3, "p_value": 0.02})
+    assert won.startswith("**Hard voting wins** (13 images right only by hard voting, 3 only")
+    lost = verdict(
+        "hard voting", "stacking", {"first_only": 1, "second_only": 12, "p_value": 0.003}
+    )
+    assert lost.startswith("**Stacking wins**")
+    tie = verdict("a", "b", {"first_only": 5, "second_only": 3, "p_value": 0.73})
+    assert tie.startswith("No significant difference between a and b") and "p = 0.73" in tie
