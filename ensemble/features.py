@@ -35,18 +35,37 @@ def member_outputs(
     to one, so it can take part in averaging like any member. With ``tta``, both are averaged
     over the 8 dihedral views of each image (test-time augmentation).
     """
-    from ensemble.pipeline import dihedral_views, inference_dataset
+    from ensemble.pipeline import inference_dataset
 
     both = feature_model(model)
+    probabilities, features = average_over_views(
+        lambda view: both.predict(inference_dataset(view, batch_size), verbose=0), images, tta
+    )
+    return probabilities.astype(np.float32), features.astype(np.float32)
+
+
+def average_over_views(forward, images: np.ndarray, tta: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One member's ``forward(images) → (outputs, pooled features)``, over the dihedral views.
+
+    Args:
+        forward: runs the member on a batch; returns its outputs and pooled features.
+        images: ``(N, S, S, 3)`` images.
+        tta: average over the 8 dihedral views of each image instead of one pass.
+
+    Returns:
+        ``(probabilities, features)`` as float64: the mean outputs normalised to sum to one
+        per image, and the mean features.
+    """
+    from ensemble.pipeline import dihedral_views
+
     views = dihedral_views(images) if tta else [images]
     outputs = features = 0.0
     for view in views:
-        view_outputs, view_features = both.predict(inference_dataset(view, batch_size), verbose=0)
-        outputs = outputs + view_outputs.astype(np.float64) / len(views)
-        features = features + view_features.astype(np.float64) / len(views)
+        view_outputs, view_features = forward(view)
+        outputs = outputs + np.asarray(view_outputs, np.float64) / len(views)
+        features = features + np.asarray(view_features, np.float64) / len(views)
     totals = outputs.sum(axis=1, keepdims=True)
-    probabilities = outputs / np.where(totals > 0, totals, 1.0)
-    return probabilities.astype(np.float32), features.astype(np.float32)
+    return outputs / np.where(totals > 0, totals, 1.0), features
 
 
 def cached_member_outputs(run, member: str, split_name: str) -> dict[str, np.ndarray]:

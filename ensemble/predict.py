@@ -26,10 +26,10 @@ from ensemble.artifacts import load_keras_model
 from ensemble.combiners import TemperatureScaling, combiner_from_json
 from ensemble.data import SYSTEM_FILES
 from ensemble.errors import ConfigError
+from ensemble.features import average_over_views, feature_model
 from ensemble.fileio import atomic_write_text
 from ensemble.fitting import VOTERS, load_selection
 from ensemble.images import UnreadableImage, crop_and_resize, decode_image
-from ensemble.pipeline import dihedral_views
 from ensemble.progress import progress
 from ensemble.run import read_manifest
 
@@ -116,8 +116,6 @@ class Predictor:
             self.stacker = Stacker.load(
                 self.root / "combiners", member_hashes(self.root, self.members)
             )
-        from ensemble.features import feature_model
-
         self.forward = {name: feature_model(model) for name, model in self.models.items()}
         self.sizes = {name: model.input_shape[1] for name, model in self.models.items()}
 
@@ -135,13 +133,13 @@ class Predictor:
         """
         probabilities, features = [], []
         for name in self.members:
-            batch = images[self.sizes[name]]
-            views = dihedral_views(batch) if self.tta else [batch]
-            outputs = [self._forward(name, view, batch_size) for view in views]
-            member_probabilities = np.mean([o[0] for o in outputs], axis=0).astype(np.float64)
-            member_probabilities /= np.maximum(member_probabilities.sum(1, keepdims=True), 1e-12)
+            member_probabilities, member_features = average_over_views(
+                lambda view, name=name: self._forward(name, view, batch_size),
+                images[self.sizes[name]],
+                self.tta,
+            )
             probabilities.append(member_probabilities)
-            features.append(np.mean([o[1] for o in outputs], axis=0))
+            features.append(member_features.astype(np.float32))
         stack = self.scaler.transform(np.stack(probabilities))
         if self.voter is not None:
             combined = self.voter.predict_proba(stack)

@@ -182,18 +182,20 @@ def report_on_split(
     """
     from ensemble.features import cached_member_outputs
 
-    selection = load_selection(run.root)
-    names = selection["members"]
+    names = load_selection(run.root)["members"]
     sizes = {name: _member_size(run.root, name) for name in names}
-    images = {size: run.images(split_name, size)[0] for size in set(sizes.values())}
+    images = {}
+    if tta or shifted:  # cached outputs need no pixels; TTA and the shifted copy do
+        images = {size: run.images(split_name, size)[0] for size in set(sizes.values())}
     if tta:
         outputs = outputs_for_images(run.root, names, images, tta=True)
     else:
         outputs = {name: cached_member_outputs(run, name, split_name) for name in names}
-    labels = run.images(split_name, max(images))[1]
+    labels = run.labels(split_name)
     title = f"Run `{Path(run.root).name}`: members and combiners on the {split_name} split"
     return _report_with_shift(
         run.root,
+        names,
         images,
         outputs,
         labels,
@@ -249,6 +251,7 @@ def report_on_dataset(
     title = f"Run `{Path(run_root).name}`: members and combiners on {dataset.root}"
     metrics = _report_with_shift(
         run_root,
+        names,
         images,
         outputs,
         labels,
@@ -265,6 +268,7 @@ def report_on_dataset(
 
 def _report_with_shift(
     run_root,
+    names,
     images,
     outputs,
     labels,
@@ -280,7 +284,6 @@ def _report_with_shift(
     shifted_outputs = shift_kinds = None
     if shifted:
         shifted_batches, shift_kinds = shifted_images(images, shift_seed)
-        names = load_selection(run_root)["members"]
         shifted_outputs = outputs_for_images(run_root, names, shifted_batches, tta=tta)
     return build_report(
         run_root,

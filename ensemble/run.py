@@ -41,6 +41,10 @@ class Run:
         """Directory of member ``name``."""
         return self.root / "members" / name
 
+    def labels(self, split_name: str) -> np.ndarray:
+        """Class index of every image of one split (no pixels decoded)."""
+        return self.dataset.labels[self.split.positions(self.dataset, split_name)]
+
     def images(self, split_name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Decoded ``(images, labels)`` of one split at ``size`` px, cached per size.
 
