@@ -35,7 +35,7 @@ def member_outputs(
     to one, so it can take part in averaging like any member. With ``tta``, both are averaged
     over the 8 dihedral views of each image (test-time augmentation).
     """
-    from ensemble.pipeline import inference_dataset
+    from ensemble.inputs import inference_dataset
 
     both = feature_model(model)
     probabilities, features = average_over_views(
@@ -56,7 +56,7 @@ def average_over_views(forward, images: np.ndarray, tta: bool) -> tuple[np.ndarr
         ``(probabilities, features)`` as float64: the mean outputs normalised to sum to one
         per image, and the mean features.
     """
-    from ensemble.pipeline import dihedral_views
+    from ensemble.inputs import dihedral_views
 
     views = dihedral_views(images) if tta else [images]
     outputs = features = 0.0

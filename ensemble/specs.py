@@ -14,7 +14,7 @@ from typing import Any
 
 from ensemble.backbones import available_backbones
 from ensemble.errors import ConfigError
-from ensemble.pipeline import AugmentationConfig
+from ensemble.inputs import AugmentationConfig
 from ensemble.split import DEFAULT_FRACTIONS, check_fractions
 
 MEMBER_KINDS = ("cnn", "ovr")

@@ -28,7 +28,7 @@ import numpy as np
 from ensemble.artifacts import load_keras_model
 from ensemble.errors import ConfigError, RunError
 from ensemble.fileio import atomic_write_json, atomic_write_with
-from ensemble.pipeline import class_weights, training_dataset
+from ensemble.inputs import class_weights, training_dataset
 from ensemble.specs import MemberSpec, member_spec_from_dict
 
 FINISHED = "metrics.json"
@@ -303,7 +303,7 @@ def _make_training_dataset(spec: MemberSpec, data: TrainingData):
 def _evaluate(model, data: TrainingData) -> tuple[float, float]:
     from sklearn.metrics import f1_score
 
-    from ensemble.pipeline import inference_dataset
+    from ensemble.inputs import inference_dataset
 
     if not len(data.val_labels):
         return 0.0, 0.0

@@ -4,7 +4,7 @@ import pytest
 from ensemble import acquisition
 from ensemble.acquisition import CORRUPTIONS, corrupt
 from ensemble.errors import ConfigError
-from ensemble.pipeline import AugmentationConfig, training_dataset
+from ensemble.inputs import AugmentationConfig, training_dataset
 from ensemble.synthetic import make_arrays
 
 SEED = np.array([5, 6])

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from ensemble.errors import ConfigError
-from ensemble.pipeline import (
+from ensemble.inputs import (
     AugmentationConfig,
     class_weights,
     dihedral_views,
