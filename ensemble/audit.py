@@ -22,6 +22,7 @@ from ensemble.duplicates import UnionFind, exact_groups, near_duplicate_pairs
 from ensemble.errors import ConfigError
 from ensemble.fileio import atomic_write_text
 from ensemble.outliers import appearance_features, colour_cast_scores, non_cell_scores
+from ensemble.progress import stage
 
 #: Finding kinds, in the order the report lists them.
 KINDS = (
@@ -165,7 +166,8 @@ def run_audit(
         seed: seeds the non-cell model's subsample (same seed → same report).
 
     Returns:
-        The report. Nothing on disk is changed.
+        The report. Nothing on disk is changed. Each stage prints one line on stderr (see
+        :mod:`ensemble.progress`).
 
     Example:
         >>> report = run_audit(load_dataset("../shared/data/pbc96"))  # doctest: +SKIP
@@ -173,7 +175,8 @@ def run_audit(
     """
     thresholds = thresholds or AuditThresholds()
     records = dataset.records
-    images, pixel_hashes, failures = dataset.load_images(thresholds.size, description="audit")
+    stage("audit", f"decoding {len(records)} images at {thresholds.size} px")
+    images, pixel_hashes, failures = dataset.load_images(thresholds.size, description="decoding")
     findings = [Finding("unreadable", (item.id,), item.reason) for item in dataset.skipped]
     findings += [Finding("unreadable", (item.id,), item.reason) for item in failures]
     readable = np.array([bool(digest) for digest in pixel_hashes])
@@ -190,6 +193,7 @@ def run_audit(
     representatives = np.array(
         [i for i in range(len(records)) if readable[i] and union.find(i) == i], dtype=np.int64
     )
+    stage("audit", f"near duplicates among {len(representatives)} distinct images")
     near = near_duplicate_pairs(images[representatives], thresholds.near_duplicate)
     near_score: dict[int, float] = {}
     for i, j, score in near:
@@ -219,6 +223,7 @@ def run_audit(
     # pull the model of a typical image towards it.
     distinct = np.array([i for i in range(len(records)) if readable[i] and union.find(i) == i])
     if len(distinct):
+        stage("audit", f"non-cell pictures and colour casts among {len(distinct)} pictures")
         z = non_cell_scores(appearance_features(images[distinct]), seed=seed)
         # A picture with (almost) no structure, such as a flat colour, is never a smear, however
         # typical its colour; the appearance model alone can mistake it for a colour cast.

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ensemble.progress import progress_bar
+
 THUMB = 32  # thumbnail side; 96 px images are averaged over 3×3 blocks
 FFT_BLOCK = 8  # low-frequency block of the Fourier magnitude used as shift-tolerant descriptor
 MAX_SHIFT = 2  # verification shift range in thumbnail pixels (±6 px at 96 px)
@@ -56,8 +58,16 @@ def exact_groups(pixel_hashes: Sequence[str]) -> list[list[int]]:
     return sorted(group for group in by_hash.values() if len(group) > 1)
 
 
-def gray_thumbnails(images: np.ndarray) -> np.ndarray:
+def gray_thumbnails(images: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """``(N, THUMB, THUMB)`` float32 grayscale thumbnails by block averaging (any size ≥ 32)."""
+    # In chunks: a float32 copy of 14,513 images at 96 px would be 1.6 GB at once.
+    parts = [
+        _gray_thumbnails(images[start : start + chunk]) for start in range(0, len(images), chunk)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, THUMB, THUMB), np.float32)
+
+
+def _gray_thumbnails(images: np.ndarray) -> np.ndarray:
     gray = images.astype(np.float32).mean(axis=-1)
     size = gray.shape[1]
     if size % THUMB:
@@ -88,11 +98,11 @@ def near_duplicate_pairs(
         return []
     thumbs = gray_thumbnails(images)
     candidates: set[tuple[int, int]] = set()
-    for descriptor, k in (
-        (_unit_rows(thumbs.reshape(len(thumbs), -1)), 3),
-        (_fourier(thumbs), neighbours),
+    for descriptor, k, desc in (
+        (_unit_rows(thumbs.reshape(len(thumbs), -1)), 3, "similar thumbnails"),
+        (_fourier(thumbs), neighbours, "similar spectra"),
     ):
-        for i, row in enumerate(_top_neighbours(descriptor, min(k, len(images) - 1))):
+        for i, row in enumerate(_top_neighbours(descriptor, min(k, len(images) - 1), desc)):
             candidates.update((min(i, j), max(i, j)) for j in row)
     pairs = sorted(candidates)
     scores = shifted_correlation(thumbs, np.array(pairs, dtype=np.int64).reshape(-1, 2))
@@ -103,19 +113,24 @@ def shifted_correlation(thumbs: np.ndarray, pairs: np.ndarray, chunk: int = 4096
     """Best normalised cross-correlation of each thumbnail pair over shifts within ±MAX_SHIFT."""
     best = np.full(len(pairs), -1.0, dtype=np.float32)
     size = thumbs.shape[1]
-    for start in range(0, len(pairs), chunk):
-        first = thumbs[pairs[start : start + chunk, 0]]
-        second = thumbs[pairs[start : start + chunk, 1]]
-        for dy in range(-MAX_SHIFT, MAX_SHIFT + 1):
-            for dx in range(-MAX_SHIFT, MAX_SHIFT + 1):
-                a = first[:, max(0, dy) : size + min(0, dy), max(0, dx) : size + min(0, dx)]
-                b = second[:, max(0, -dy) : size + min(0, -dy), max(0, -dx) : size + min(0, -dx)]
-                a = a.reshape(len(a), -1) - a.mean(axis=(1, 2))[:, None]
-                b = b.reshape(len(b), -1) - b.mean(axis=(1, 2))[:, None]
-                denominator = np.sqrt((a * a).sum(1) * (b * b).sum(1)) + 1e-6
-                score = (a * b).sum(1) / denominator
-                np.maximum(best[start : start + chunk], score, out=best[start : start + chunk])
+    with progress_bar(len(pairs), "verifying near duplicates", unit="pair") as bar:
+        for start in range(0, len(pairs), chunk):
+            _best_shifted(thumbs, pairs[start : start + chunk], best[start : start + chunk], size)
+            bar.update(len(pairs[start : start + chunk]))
     return best
+
+
+def _best_shifted(thumbs: np.ndarray, pairs: np.ndarray, best: np.ndarray, size: int) -> None:
+    """Raise ``best`` to each pair's correlation at every shift within ±MAX_SHIFT."""
+    first, second = thumbs[pairs[:, 0]], thumbs[pairs[:, 1]]
+    for dy in range(-MAX_SHIFT, MAX_SHIFT + 1):
+        for dx in range(-MAX_SHIFT, MAX_SHIFT + 1):
+            a = first[:, max(0, dy) : size + min(0, dy), max(0, dx) : size + min(0, dx)]
+            b = second[:, max(0, -dy) : size + min(0, -dy), max(0, -dx) : size + min(0, -dx)]
+            a = a.reshape(len(a), -1) - a.mean(axis=(1, 2))[:, None]
+            b = b.reshape(len(b), -1) - b.mean(axis=(1, 2))[:, None]
+            denominator = np.sqrt((a * a).sum(1) * (b * b).sum(1)) + 1e-6
+            np.maximum(best, (a * b).sum(1) / denominator, out=best)
 
 
 def _unit_rows(matrix: np.ndarray) -> np.ndarray:
@@ -129,12 +144,16 @@ def _fourier(thumbs: np.ndarray) -> np.ndarray:
     return _unit_rows(np.log1p(magnitude).reshape(len(thumbs), -1))
 
 
-def _top_neighbours(descriptor: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
+def _top_neighbours(
+    descriptor: np.ndarray, k: int, desc: str = "nearest neighbours", chunk: int = 2048
+) -> np.ndarray:
     """Indices of the ``k`` most similar rows (cosine) for every row, itself excluded."""
     neighbours = np.zeros((len(descriptor), k), dtype=np.int64)
-    for start in range(0, len(descriptor), chunk):
-        similarity = descriptor[start : start + chunk] @ descriptor.T
-        rows = np.arange(similarity.shape[0])
-        similarity[rows, start + rows] = -np.inf
-        neighbours[start : start + chunk] = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+    with progress_bar(len(descriptor), desc) as bar:
+        for start in range(0, len(descriptor), chunk):
+            similarity = descriptor[start : start + chunk] @ descriptor.T
+            rows = np.arange(similarity.shape[0])
+            similarity[rows, start + rows] = -np.inf
+            neighbours[start : start + chunk] = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+            bar.update(len(rows))
     return neighbours

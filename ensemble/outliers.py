@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.covariance import MinCovDet
 
+from ensemble.progress import progress_bar
+
 BACKGROUND_FRACTION = 0.4  # the brightest 40 % of pixels stand for the smear background
 FIT_SAMPLE = 4000  # images used to fit the robust covariance (cost grows with it)
 
@@ -67,37 +69,41 @@ def colour_cast_scores(images: np.ndarray) -> tuple[np.ndarray, list[str]]:
 def appearance_features(images: np.ndarray, chunk: int = 512) -> np.ndarray:
     """17 statistics per image that separate stained-smear photographs from other pictures."""
     rows = []
-    for start in range(0, len(images), chunk):
-        batch = images[start : start + chunk]
-        pixels = batch.reshape(len(batch), -1, 3).astype(np.float32)
-        background = background_colour(batch)
-        balanced = np.clip(pixels / np.maximum(background[:, None, :], 1.0) * 230.0, 0, 255)
-        red, green, blue = balanced[..., 0], balanced[..., 1], balanced[..., 2]
-        luminance = balanced.mean(axis=-1)
-        brightest, darkest = balanced.max(axis=-1), balanced.min(axis=-1)
-        saturation = (brightest - darkest) / (brightest + 1e-3)
-        gray = batch.astype(np.float32).mean(axis=-1)
-        n = luminance.shape[1]
-        lum_sorted = np.sort(luminance, axis=1)
-        quantiles = lum_sorted[:, [int(n * q) for q in (0.05, 0.25, 0.5, 0.75)]]
-        sat_q95 = np.partition(saturation, int(n * 0.95), axis=1)[:, int(n * 0.95)]
-        rows.append(
-            np.column_stack(
-                [
-                    balanced.mean(axis=1),
-                    balanced.std(axis=1),
-                    quantiles,
-                    saturation.mean(axis=1),
-                    sat_q95,
-                    ((green > red) & (green > blue)).mean(axis=1),  # green never dominates a stain
-                    ((blue > red) & (luminance < 170)).mean(axis=1),  # dark violet: nuclei
-                    np.abs(np.diff(gray, axis=2)).mean(axis=(1, 2)),
-                    np.abs(np.diff(gray, axis=1)).mean(axis=(1, 2)),
-                    (pixels.mean(axis=-1) < 60).mean(axis=1),  # near-black pixels
-                ]
-            )
-        )
+    with progress_bar(len(images), "appearance features") as bar:
+        for start in range(0, len(images), chunk):
+            rows.append(_appearance_features(images[start : start + chunk]))
+            bar.update(len(rows[-1]))
     return np.concatenate(rows).astype(np.float64)
+
+
+def _appearance_features(batch: np.ndarray) -> np.ndarray:
+    """The 17 statistics of one chunk of images."""
+    pixels = batch.reshape(len(batch), -1, 3).astype(np.float32)
+    background = background_colour(batch)
+    balanced = np.clip(pixels / np.maximum(background[:, None, :], 1.0) * 230.0, 0, 255)
+    red, green, blue = balanced[..., 0], balanced[..., 1], balanced[..., 2]
+    luminance = balanced.mean(axis=-1)
+    brightest, darkest = balanced.max(axis=-1), balanced.min(axis=-1)
+    saturation = (brightest - darkest) / (brightest + 1e-3)
+    gray = batch.astype(np.float32).mean(axis=-1)
+    n = luminance.shape[1]
+    lum_sorted = np.sort(luminance, axis=1)
+    quantiles = lum_sorted[:, [int(n * q) for q in (0.05, 0.25, 0.5, 0.75)]]
+    sat_q95 = np.partition(saturation, int(n * 0.95), axis=1)[:, int(n * 0.95)]
+    return np.column_stack(
+        [
+            balanced.mean(axis=1),
+            balanced.std(axis=1),
+            quantiles,
+            saturation.mean(axis=1),
+            sat_q95,
+            ((green > red) & (green > blue)).mean(axis=1),  # green never dominates a stain
+            ((blue > red) & (luminance < 170)).mean(axis=1),  # dark violet: nuclei
+            np.abs(np.diff(gray, axis=2)).mean(axis=(1, 2)),
+            np.abs(np.diff(gray, axis=1)).mean(axis=(1, 2)),
+            (pixels.mean(axis=-1) < 60).mean(axis=1),  # near-black pixels
+        ]
+    )
 
 
 def non_cell_scores(features: np.ndarray, seed: int = 0) -> np.ndarray:
