@@ -6,6 +6,7 @@ as one line on stderr with exit code 2; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from enum import StrEnum
@@ -14,7 +15,10 @@ from typing import Annotated
 
 import typer
 
+from ensemble import __version__
+from ensemble.console import quiet_console
 from ensemble.errors import EnsembleError
+from ensemble.recipes import builtin_pipelines
 
 app = typer.Typer(
     name="ensemble",
@@ -42,14 +46,53 @@ DataRootOption = Annotated[
     Path | None,
     typer.Option("--data-root", help="Folder that a CSV manifest's relative paths start from."),
 ]
+PipelineOption = Annotated[
+    str,
+    typer.Option(
+        metavar="NAME|FILE",
+        help=f"A built-in pipeline ({', '.join(builtin_pipelines())}) or a pipeline TOML file.",
+    ),
+]
+
+
+class SplitName(StrEnum):
+    """A split of a run's data (see ensemble.split)."""
+
+    test = "test"
+    blend = "blend"
+    val = "val"
+    train = "train"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"blood-ensemble {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
 def main_options(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks on errors (and what --verbose shows).")
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            help="Show TensorFlow's start-up lines, retracing warnings and library warnings.",
+        ),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """Blood-cell image classification with an ensemble of CNN members."""
     _state["debug"] = debug
+    if not (verbose or debug):
+        quiet_console()  # before any command imports TensorFlow
 
 
 @app.command()
@@ -110,15 +153,13 @@ def demo(
         "demo-output"
     ),
     per_class: Annotated[int, typer.Option(help="Synthetic images per class.")] = 50,
+    pipeline: PipelineOption = "demo",
 ) -> None:
     """Run the whole flow on built-in synthetic cells: data, members, combiners, predict, report."""
-    from ensemble.demo import run_demo
+    from ensemble.demo import run_demo, summarize
 
-    paths = run_demo(out, per_class=per_class)
-    typer.echo("demo finished:")
-    for what, path in paths.items():
-        typer.echo(f"  {what:<12} {path}")
-    typer.echo((paths["report"]).read_text())
+    paths = run_demo(out, per_class=per_class, pipeline=pipeline)
+    typer.echo(summarize(json.loads(paths["metrics"].read_text()), paths))
 
 
 @app.command()
@@ -139,15 +180,13 @@ def split(
 ) -> None:
     """Make a leak-free stratified train/val/blend/test split (duplicate groups kept together)."""
     from ensemble.audit import run_audit
-    from ensemble.split import SPLITS, make_split, save_split
+    from ensemble.split import SPLITS, check_fractions, make_split, save_split
 
+    shares = check_fractions(dict(zip(SPLITS, _parse_fractions(fractions), strict=True)))
     dataset = _load(data, classes, data_root)
-    shares = _parse_fractions(fractions)
     report = run_audit(dataset)
     excluded = sorted(report.excluded_ids()) if clean else []
-    result = make_split(
-        dataset, report.groups, dict(zip(SPLITS, shares, strict=True)), seed, excluded
-    )
+    result = make_split(dataset, report.groups, shares, seed, excluded)
     save_split(result, dataset, out)
     counts = ", ".join(f"{name} {len(result.ids(name))}" for name in SPLITS)
     typer.echo(f"split written to {out}: {counts}, excluded {len(excluded)}")
@@ -162,13 +201,16 @@ class Strategy(StrEnum):
 
 @app.command("train-members")
 def train_members(
-    pipeline: Annotated[Path, typer.Option(help="Pipeline recipe, e.g. pipelines/pbc-cpu.toml.")],
+    pipeline: PipelineOption,
     data: Annotated[Path, typer.Option(help="Class folder, .npz or CSV manifest.")],
     run: Annotated[
         Path | None, typer.Option(help="Run directory (default runs/<pipeline name>).")
     ] = None,
     only: Annotated[
-        list[str] | None, typer.Option(help="Train only these members (repeatable).")
+        list[str] | None,
+        typer.Option(
+            metavar="NAMES", help="Train only these members: --only a,b or --only a --only b."
+        ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Retrain members that already exist.")] = False,
     strategy: Annotated[
@@ -179,13 +221,15 @@ def train_members(
 ) -> None:
     """Split the data (once, saved) and train each member; resumable after any interruption."""
     from ensemble.members import train_pipeline_members
+    from ensemble.recipes import resolve_pipeline
     from ensemble.specs import load_pipeline
 
-    recipe = load_pipeline(pipeline)
+    recipe = load_pipeline(resolve_pipeline(pipeline))
     dataset = _load(data, classes, data_root)
     run_dir = run or Path("runs") / recipe.name
+    names = [name.strip() for value in only or [] for name in value.split(",") if name.strip()]
     results = train_pipeline_members(
-        recipe, dataset, run_dir, only=only or None, force=force, strategy=strategy.value
+        recipe, dataset, run_dir, only=names or None, force=force, strategy=strategy.value
     )
     for name, metrics in results.items():
         typer.echo(
@@ -270,8 +314,8 @@ def predict(
 def report(
     run: Annotated[Path, typer.Option(help="Run directory with fitted combiners.")],
     split: Annotated[
-        str, typer.Option(help="Split of the run's data to report on (test, blend, val).")
-    ] = "test",
+        SplitName, typer.Option(help="Split of the run's data to report on.")
+    ] = SplitName.test,
     out: Annotated[
         Path | None, typer.Option(help="Output folder (default results/<run name>).")
     ] = None,
@@ -295,16 +339,13 @@ def report(
     """Members and combiners on the same held-out images: metrics, tests, plots → report.md."""
     from ensemble.report import report_on_dataset, report_on_split
     from ensemble.run import open_run, read_manifest
-    from ensemble.split import SPLITS
 
-    if split not in SPLITS:
-        raise typer.BadParameter(f"--split must be one of {list(SPLITS)}. Received: {split!r}")
     manifest = read_manifest(run)
     dataset = _load(data or Path(manifest["data_source"]), classes, data_root)
     target = out or Path("results") / run.name
     options = {"shifted": shifted, "shift_seed": shift_seed, "tta": tta}
     if dataset.fingerprint() == manifest["data_fingerprint"]:
-        metrics = report_on_split(open_run(run, dataset), split, target, **options)
+        metrics = report_on_split(open_run(run, dataset), split.value, target, **options)
     else:
         typer.echo(
             f"{dataset.root} is not the data of run {run}: scoring all of its "

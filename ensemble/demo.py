@@ -10,22 +10,37 @@ from __future__ import annotations
 
 from pathlib import Path
 
+#: Combiners shown in the demo's summary, besides the best member (the report has them all).
+SUMMARY_COMBINERS = 3
 
-def run_demo(out: Path, per_class: int = 50, pipeline_path: Path | None = None) -> dict[str, Path]:
-    """Run the demo into ``out``; returns the paths of what it wrote."""
+
+def run_demo(out: Path, per_class: int = 50, pipeline: str | Path = "demo") -> dict[str, Path]:
+    """Run the demo into ``out``.
+
+    Args:
+        out: folder for everything the demo writes (created if missing).
+        per_class: synthetic images per class.
+        pipeline: a built-in pipeline name or a pipeline TOML file (see
+            :func:`ensemble.recipes.resolve_pipeline`).
+
+    Returns:
+        What it wrote: ``data``, ``run``, ``predictions``, ``report`` (``report.md``) and
+        ``metrics`` (the report's ``metrics.json``).
+    """
     from PIL import Image
 
     from ensemble.data import load_dataset
     from ensemble.fitting import fit_combiners
     from ensemble.members import train_pipeline_members
     from ensemble.predict import predict_folder, write_predictions
+    from ensemble.recipes import resolve_pipeline
     from ensemble.report import report_on_split
     from ensemble.run import open_run
     from ensemble.specs import load_pipeline
     from ensemble.synthetic import make_arrays, write_folder
 
     out = Path(out)
-    pipeline = load_pipeline(pipeline_path or _repository_file("pipelines/demo.toml"))
+    recipe = load_pipeline(resolve_pipeline(pipeline))
     data = write_folder(out / "data", per_class=per_class, size=48, seed=0)
     incoming = out / "incoming"
     incoming.mkdir(parents=True, exist_ok=True)
@@ -35,7 +50,7 @@ def run_demo(out: Path, per_class: int = 50, pipeline_path: Path | None = None) 
     (incoming / "broken.jpg").write_bytes(b"not really a jpeg")
     run_dir = out / "run"
     dataset = load_dataset(data)
-    train_pipeline_members(pipeline, dataset, run_dir)
+    train_pipeline_members(recipe, dataset, run_dir)
     run = open_run(run_dir, dataset)
     fit_combiners(run)
     predictions = predict_folder(incoming, run_dir)
@@ -46,12 +61,51 @@ def run_demo(out: Path, per_class: int = 50, pipeline_path: Path | None = None) 
         "run": run_dir,
         "predictions": out / "predictions.csv",
         "report": out / "report" / "report.md",
+        "metrics": out / "report" / "metrics.json",
     }
 
 
-def _repository_file(relative: str) -> Path:
-    """A file shipped beside the package (pipelines/, members/)."""
-    here = Path(__file__).resolve().parent.parent / relative
-    if here.is_file():
-        return here
-    return Path(relative)
+def summarize(metrics: dict, paths: dict[str, Path]) -> str:
+    """A few lines for the terminal: a short leaderboard and where everything is.
+
+    Args:
+        metrics: the report's metrics (``metrics.json`` of :func:`run_demo`).
+        paths: what :func:`run_demo` returned.
+
+    Returns:
+        The best combiners (at most :data:`SUMMARY_COMBINERS`) and the best member, best first,
+        with their test accuracy, 95 % interval and accuracy on the shifted copy; then the
+        paths of the data, the run, the predictions and the full report.
+    """
+    models, shifted = metrics["models"], metrics.get("shifted", {})
+    combiners = [name for name in models if name not in metrics["members"]]
+    combiners.sort(key=lambda name: -models[name]["accuracy"])
+    shown = sorted(
+        [*combiners[:SUMMARY_COMBINERS], metrics["best_member"]],
+        key=lambda name: -models[name]["accuracy"],
+    )
+    notes = {metrics["best_combiner"]: "best combiner", metrics["best_member"]: "best member"}
+    width = max(len(name) for name in shown)
+    lines = [
+        f"test accuracy on {metrics['n_images']} held-out synthetic images "
+        "(95 % interval; shifted copy):"
+    ]
+    for name in shown:
+        low, high = models[name]["ci95"]["accuracy"]
+        moved = f"; shifted {shifted[name]['accuracy']:.4f}" if name in shifted else ""
+        note = f"  {notes[name]}" if name in notes else ""
+        lines.append(
+            f"  {name:<{width}}  {models[name]['accuracy']:.4f} ({low:.4f}–{high:.4f}{moved}){note}"
+        )
+    lines.append("synthetic cells: the numbers show that the machinery works, nothing more.")
+    lines.append("where everything is:")
+    described = {
+        "data": "synthetic cells, a folder per class",
+        "run": "the trained members and fitted combiners (--run for predict and report)",
+        "predictions": "predictions for incoming/, one broken file included",
+        "report": "every member and combiner: metrics, tests, plots",
+    }
+    width = max(len(name) for name in described)
+    for what, description in described.items():
+        lines.append(f"  {what:<{width}}  {paths[what]}  ({description})")
+    return "\n".join(lines)

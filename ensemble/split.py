@@ -21,6 +21,7 @@ from ensemble import FORMAT_VERSION
 from ensemble.data import Dataset
 from ensemble.errors import ConfigError, RunError
 from ensemble.fileio import atomic_write_json
+from ensemble.progress import stage
 
 SPLITS = ("train", "val", "blend", "test")
 EXCLUDED = "excluded"  # split name of images the audit keeps out of every split
@@ -107,6 +108,12 @@ def make_split(
         if members:
             units.append(members)
             grouped.update(members)
+    stage(
+        "split",
+        f"{len(label_of)} images into {', '.join(SPLITS)} "
+        f"({sum(len(unit) > 1 for unit in units)} duplicate groups kept together, "
+        f"{len(dataset.records) - len(label_of)} excluded)",
+    )
     units += [[image_id] for image_id in sorted(label_of) if image_id not in grouped]
 
     rng = np.random.default_rng(seed)
