@@ -16,6 +16,11 @@ noise          Gaussian sensor noise, σ ∈ [2, 20] grey levels
 jpeg           JPEG re-compression at quality [10, 90]
 =============  =====================================================================
 
+Magnification is separate (:func:`random_zoom`, its own probability and range): labs differ in
+objective and crop, so a cell can appear up to about twice as large or somewhat smaller than in
+these images. Zooming in crops and enlarges about the centre; zooming out shrinks and fills the
+border by reflection.
+
 The ranges cover the shifts of :mod:`ensemble.shifts` (which measures robustness in the report)
 and go beyond them on both sides; the random draws are independent of the shift generator's.
 Everything works on float32 batches in the 0–255 range inside ``tf.data``, with stateless random
@@ -37,6 +42,7 @@ SATURATION_RANGE = (0.7, 1.3)
 BLUR_SIGMAS_AT_96PX = (0.8, 1.2, 1.6, 2.0)
 NOISE_SIGMA_RANGE = (2.0, 20.0)
 JPEG_QUALITY_RANGE = (10, 90)
+DEFAULT_ZOOM_RANGE = (0.65, 2.2)  # scale factors: 0.65 = cell shown smaller, 2.2 = larger
 
 
 def corrupt(images, probability: float, seed):
@@ -58,6 +64,66 @@ def corrupt(images, probability: float, seed):
         chosen = tf.random.stateless_uniform([batch], next(seeds)) < probability
         images = corruption(images, chosen, next(seeds))
     return tf.clip_by_value(images, 0.0, 255.0)
+
+
+def random_zoom(images, probability: float, zoom_range: tuple[float, float], seed):
+    """Show each image of a batch larger or smaller, with ``probability``.
+
+    The scale factor is log-uniform in ``zoom_range`` (so zooming in 2× and out 0.5× are
+    equally likely when the range allows both); the image is scaled about its centre, a zoom
+    out filling the border by reflection.
+
+    Args:
+        images: ``(B, S, S, 3)`` float32 tensor, values in 0–255.
+        probability: chance that a given image is zoomed.
+        zoom_range: ``(smallest, largest)`` scale factor; 1 = unchanged.
+        seed: shape ``[2]`` integer stateless-random seed; same seed, same output.
+
+    Returns:
+        A tensor of the same shape.
+    """
+    import tensorflow as tf
+
+    batch = tf.shape(images)[0]
+    choice_seed, scale_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    chosen = tf.random.stateless_uniform([batch], choice_seed) < probability
+    low, high = (math.log(value) for value in zoom_range)
+    scales = tf.exp(tf.random.stateless_uniform([batch], scale_seed, low, high))
+    scales = tf.where(chosen, scales, tf.ones_like(scales))
+    return _scale_about_centre(images, scales)
+
+
+def _scale_about_centre(images, scales):
+    """Scale each image by its factor about the centre (> 1 enlarges), reflecting at borders."""
+    import tensorflow as tf
+
+    height = tf.cast(tf.shape(images)[1], tf.float32)
+    width = tf.cast(tf.shape(images)[2], tf.float32)
+    centre_x, centre_y = (width - 1) / 2, (height - 1) / 2
+    inverse = 1.0 / scales
+    zeros = tf.zeros_like(inverse)
+    # Output pixel (x, y) samples input (c + (x - c) / s): scaling by s about the centre c.
+    transforms = tf.stack(
+        [
+            inverse,
+            zeros,
+            centre_x * (1 - inverse),
+            zeros,
+            inverse,
+            centre_y * (1 - inverse),
+            zeros,
+            zeros,
+        ],
+        axis=1,
+    )
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=tf.shape(images)[1:3],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="REFLECT",
+    )
 
 
 def _select(mask, corrupted, images):

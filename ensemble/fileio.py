@@ -55,3 +55,8 @@ def atomic_write_text(path: Path | str, text: str) -> None:
 def atomic_write_json(path: Path | str, payload: Any) -> None:
     """Atomically write ``payload`` as indented, key-sorted JSON (byte-stable for equal input)."""
     atomic_write_text(path, json.dumps(payload, indent=1, sort_keys=True) + "\n")
+
+
+def save_model_atomically(model, path: Path) -> None:
+    """Save a Keras model to a temporary ``.keras`` file beside ``path``, then rename it."""
+    atomic_write_with(path, model.save, suffix=".keras")

@@ -2,7 +2,7 @@
 
 Images are decoded and resized once (by :meth:`ensemble.data.Dataset.load_images`) and kept in
 memory as ``uint8``; each training epoch then shuffles, batches, applies a random one of the 8
-dihedral symmetries, keras-cv RandAugment and the acquisition corruptions of
+dihedral symmetries, a random zoom, keras-cv RandAugment and the acquisition corruptions of
 :mod:`ensemble.acquisition` per image, and prefetches, so the model never
 waits on the input.
 """
@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ensemble.acquisition import DEFAULT_ZOOM_RANGE
 from ensemble.errors import ConfigError
+from ensemble.validation import check_range
 
 #: The report's best RandAugment setting.
 DEFAULT_MAGNITUDE = 0.45
@@ -29,23 +31,17 @@ class AugmentationConfig:
     randaugment_per_image: int = DEFAULT_AUGMENTATIONS_PER_IMAGE  # keras-cv augmentations_per_image
     corruption_probability: float = 0.0  # chance of each acquisition corruption (stain, exposure,
     #   hue, rotation, blur, noise, JPEG; ensemble.acquisition) per image; 0 disables them
+    zoom_probability: float = 0.0  # chance that an image is shown larger or smaller; 0 disables
+    zoom_min: float = DEFAULT_ZOOM_RANGE[0]  # smallest scale factor (< 1: cell shown smaller)
+    zoom_max: float = DEFAULT_ZOOM_RANGE[1]  # largest scale factor (2 = cell twice as large)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.randaugment_magnitude <= 1.0:
-            raise ConfigError(
-                "randaugment magnitude must be in [0, 1]. "
-                f"Received: randaugment_magnitude={self.randaugment_magnitude}"
-            )
-        if not 0.0 <= self.corruption_probability <= 1.0:
-            raise ConfigError(
-                "corruption probability must be in [0, 1]. "
-                f"Received: corruption_probability={self.corruption_probability}"
-            )
-        if self.randaugment_per_image < 0:
-            raise ConfigError(
-                "randaugment augmentations per image must be >= 0. "
-                f"Received: randaugment_per_image={self.randaugment_per_image}"
-            )
+        check_range(self, "randaugment_magnitude", 0, 1)
+        check_range(self, "randaugment_per_image", 0)
+        check_range(self, "corruption_probability", 0, 1)
+        check_range(self, "zoom_probability", 0, 1)
+        check_range(self, "zoom_min", 0, 1, low_open=True)
+        check_range(self, "zoom_max", 1, 4)
 
 
 def class_weights(labels: np.ndarray, n_classes: int, mode: str | dict | None) -> dict | None:
@@ -130,7 +126,7 @@ def training_dataset(
     """
     import tensorflow as tf
 
-    from ensemble.acquisition import corrupt
+    from ensemble.acquisition import corrupt, random_zoom
 
     if len(images) != len(labels):
         raise ConfigError(f"{len(images)} images but {len(labels)} labels")
@@ -158,7 +154,15 @@ def training_dataset(
         dihedral_seed, corruption_seed = tf.unstack(
             tf.random.experimental.stateless_split(batch_seed, 2)
         )
+        # Folded in rather than split three ways, so members trained before zoom existed
+        # keep their dihedral and corruption draws.
+        zoom_seed = tf.random.experimental.stateless_fold_in(batch_seed, 1)
         batch_images = tf.cast(batch_images, tf.float32)
+        if augmentation.zoom_probability > 0:  # first: magnification happens in the optics
+            zoom_range = (augmentation.zoom_min, augmentation.zoom_max)
+            batch_images = random_zoom(
+                batch_images, augmentation.zoom_probability, zoom_range, zoom_seed
+            )
         if augmentation.dihedral:
             batch_images = random_dihedral(batch_images, dihedral_seed)
         if randaugment is not None:

@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 
 from ensemble.data import Dataset
-from ensemble.errors import ConfigError
-from ensemble.run import create_or_open_run
-from ensemble.specs import PipelineSpec
+from ensemble.errors import ConfigError, RunError
+from ensemble.fileio import atomic_write_json
+from ensemble.run import Run, create_or_open_run
+from ensemble.specs import MemberSpec, PipelineSpec
 from ensemble.training import TrainingData, is_finished, train_member
 
 
@@ -41,6 +42,7 @@ def train_pipeline_members(
                 f"--only {name!r} is not a member of {pipeline.name}. Members: {names}"
             )
     run = create_or_open_run(run_dir, dataset, pipeline)
+    record_pipeline_members(run, pipeline)
     distribute = _strategy(strategy)
     results = {}
     for spec in pipeline.members:
@@ -68,10 +70,48 @@ def train_pipeline_members(
                 train_images, train_labels, val_images, val_labels, len(dataset.classes)
             )
             results[spec.name] = train_member(
-                spec, data, member_dir, force=force, strategy=distribute
+                spec,
+                data,
+                member_dir,
+                force=force,
+                strategy=distribute,
+                init_weights=_init_weights(spec, run, names),
             )
         print(f"{spec.name}: done in {time.perf_counter() - began:.0f} s", file=sys.stderr)
     return results
+
+
+def record_pipeline_members(run: Run, pipeline: PipelineSpec) -> None:
+    """Add members that the pipeline gained since the run was created to its manifest.
+
+    A recipe can grow (e.g. a robust fine-tuning stage after a clean one) without a new split:
+    the manifest keeps its members in order and appends the new ones.
+    """
+    listed = list(run.manifest.get("members", []))
+    added = [member.name for member in pipeline.members if member.name not in listed]
+    if added:
+        run.manifest["members"] = listed + added
+        atomic_write_json(run.root / "manifest.json", run.manifest)
+
+
+def _init_weights(spec: MemberSpec, run: Run, names: list[str]) -> Path | None:
+    """The model file a member starts from: an earlier member's ``model.keras``, or a file.
+
+    Raises:
+        RunError: ``init_from`` names a member of the pipeline that has not finished training
+            (e.g. left out with ``--only``).
+    """
+    if not spec.init_from:
+        return None
+    if spec.init_from not in names:
+        return Path(spec.init_from)  # a weights file, checked when the pipeline was loaded
+    source = run.member_dir(spec.init_from)
+    if not is_finished(source):
+        raise RunError(
+            f"member {spec.name!r} starts from {spec.init_from!r}, which has not finished "
+            f"training in {run.root}. Train it first: --only {spec.init_from}"
+        )
+    return source / "model.keras"
 
 
 def _strategy(name: str):

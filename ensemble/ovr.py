@@ -9,18 +9,16 @@ no class (all scores under their thresholds).
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 
 from ensemble.artifacts import load_keras_model
 from ensemble.errors import RunError
 from ensemble.features import member_outputs
-from ensemble.fileio import atomic_write_json
+from ensemble.fileio import atomic_write_json, save_model_atomically
 from ensemble.specs import MemberSpec
-from ensemble.training import FINISHED, _atomic_save, is_finished, prepare_member_dir
+from ensemble.training import FINISHED, is_finished, prepare_member_dir
 
 SCORES = "ovr_scores"
 
@@ -75,7 +73,7 @@ def train_ovr_member(spec: MemberSpec, run, *, force: bool = False) -> dict:
     }
     atomic_write_json(member_dir / "thresholds.json", {"thresholds": thresholds.tolist()})
     atomic_write_json(member_dir / "history.json", history)
-    _atomic_save(model, member_dir / "model.keras")
+    save_model_atomically(model, member_dir / "model.keras")
     atomic_write_json(member_dir / FINISHED, metrics)
     return metrics
 
@@ -165,7 +163,3 @@ def fit_thresholds(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
                 best, thresholds[index] = f1, float(threshold)
     return thresholds
 
-
-def load_thresholds(member_dir: Path) -> np.ndarray:
-    """The per-class thresholds of a trained one-vs-rest member."""
-    return np.array(json.loads((Path(member_dir) / "thresholds.json").read_text())["thresholds"])

@@ -8,7 +8,7 @@ member so a run always says exactly what it did.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from ensemble.backbones import available_backbones
 from ensemble.errors import ConfigError
 from ensemble.inputs import AugmentationConfig
 from ensemble.split import DEFAULT_FRACTIONS, check_fractions
+from ensemble.validation import check_choice, check_range, require
 
 MEMBER_KINDS = ("cnn", "ovr")
 
@@ -27,6 +28,10 @@ class HeadSpec:
     dense_units: int = 256  # width of the hidden dense layer; 0 = straight to the softmax
     dropout: float = 0.3  # dropout before the softmax (and before the dense layer)
     batch_norm: bool = False  # batch norm after the dense layer
+
+    def __post_init__(self) -> None:
+        check_range(self, "dense_units", 0)
+        check_range(self, "dropout", 0, 1, high_open=True)
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,14 @@ class ScheduleSpec:
     bn_momentum: float = 0.9  # batch-norm moving-average momentum (Keras default 0.99 is too slow
     #                           for a few thousand steps: evaluation statistics would lag)
 
+    def __post_init__(self) -> None:
+        check_range(self, "epochs", 1)
+        check_range(self, "learning_rate", 0, low_open=True)
+        check_range(self, "warmup_epochs", 0, self.epochs, high_open=True)
+        check_range(self, "weight_decay", 0)
+        check_range(self, "label_smoothing", 0, 1, high_open=True)
+        check_range(self, "bn_momentum", 0, 1, low_open=True, high_open=True)
+
 
 @dataclass(frozen=True)
 class FinetuneSpec:
@@ -52,13 +65,27 @@ class FinetuneSpec:
     learning_rate: float = 8e-5  # phase 2 learning rate (the report's best)
     unfreeze_from: str = ""  # first layer to unfreeze in phase 2; "" = the whole backbone
 
+    def __post_init__(self) -> None:
+        check_range(self, "head_epochs", 0)
+        check_range(self, "epochs", 0)
+        check_range(self, "head_learning_rate", 0, low_open=True)
+        check_range(self, "learning_rate", 0, low_open=True)
+
 
 @dataclass(frozen=True)
 class EarlyStoppingSpec:
-    """Stop when validation accuracy has not improved for ``patience`` epochs."""
+    """Stop when validation accuracy has not improved for ``patience`` epochs; pick the model."""
 
     patience: int = 6  # epochs without improvement before stopping; 0 = never stop early
     min_delta: float = 0.0  # smallest change that counts as an improvement
+    keep: str = "best"  # the member's model: "best" epoch by val accuracy, or "last" (a robust
+    #   fine-tuning stage keeps its last, most adapted epoch: clean val accuracy would pick the
+    #   least adapted one)
+
+    def __post_init__(self) -> None:
+        check_range(self, "patience", 0)
+        check_range(self, "min_delta", 0)
+        check_choice(self, "keep", ("best", "last"))
 
 
 @dataclass(frozen=True)
@@ -70,6 +97,12 @@ class OvrSpec:
     learning_rate: float = 1e-3  # Adam learning rate of each head
     hidden_units: int = 0  # 0 = logistic regression on the features
     batch_size: int = 256  # batch size of each head's training
+
+    def __post_init__(self) -> None:
+        check_range(self, "epochs", 1)
+        check_range(self, "learning_rate", 0, low_open=True)
+        check_range(self, "hidden_units", 0)
+        check_range(self, "batch_size", 1)
 
 
 @dataclass(frozen=True)
@@ -84,6 +117,9 @@ class MemberSpec:
     batch_size: int = 64  # training batch size
     class_weights: str = "balanced"  # "balanced" | "none"
     seed: int = 0  # initialisation, shuffling and augmentation seed
+    init_from: str = ""  # start from trained weights: an earlier member of the pipeline (its
+    #   name) or a .keras file of the same architecture; "" = the `weights` setting
+    combine: bool = True  # false: a stage other members start from, left out of the combiners
     head: HeadSpec = field(default_factory=HeadSpec)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
@@ -91,9 +127,28 @@ class MemberSpec:
     early_stopping: EarlyStoppingSpec = field(default_factory=EarlyStoppingSpec)
     ovr: OvrSpec = field(default_factory=OvrSpec)
 
+    def __post_init__(self) -> None:
+        check_choice(self, "kind", MEMBER_KINDS)
+        check_choice(self, "backbone", available_backbones())
+        check_range(self, "input_size", 32)
+        check_range(self, "batch_size", 1)
+        check_choice(self, "class_weights", ("balanced", "none"))
+        require(
+            not (self.init_from and self.pretrained),
+            "weights",
+            "'none' when init_from is set (init_from already gives every weight)",
+            self.weights,
+        )
+        if self.kind == "ovr":
+            require(bool(self.ovr.base_member), "ovr.base_member", "a member name", "")
+
     @property
     def pretrained(self) -> bool:
-        """True when the backbone starts from trained weights (two-phase fine-tuning)."""
+        """True when the backbone starts from ImageNet or a weights file (two-phase fine-tuning).
+
+        A member with ``init_from`` is not: it starts from a whole trained member of this
+        tool, head included, and follows the one-phase ``[schedule]``.
+        """
         return self.weights != "none"
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,12 +199,13 @@ def member_spec_from_dict(table: dict[str, Any], source: str = "member spec") ->
             content = table.pop(section)
             if not isinstance(content, dict):
                 raise ConfigError(f"{source}: [{section}] must be a table")
-            values[section] = _build(cls, content, f"{source} [{section}]")
+            values[section] = _build(cls, content, source, section)
     top = {f.name for f in fields(MemberSpec)} - set(_SECTIONS)
     _reject_unknown(table, top, source)
-    spec = MemberSpec(**_typed(MemberSpec, table, source), **values)
-    _validate_member(spec, source)
-    return spec
+    try:
+        return MemberSpec(**_typed(MemberSpec, table, source), **values)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
 
 
 def load_pipeline(path: Path | str) -> PipelineSpec:
@@ -166,7 +222,8 @@ def load_pipeline(path: Path | str) -> PipelineSpec:
     member_paths = table.get("members")
     if not member_paths or not isinstance(member_paths, list):
         raise ConfigError(f"{path}: 'members' must be a non-empty list of member spec files")
-    members = tuple(load_member_spec(_find_member(path, entry)) for entry in member_paths)
+    spec_paths = [_find_member(path, entry) for entry in member_paths]
+    members = tuple(load_member_spec(spec_path) for spec_path in spec_paths)
     names = [member.name for member in members]
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
@@ -177,6 +234,10 @@ def load_pipeline(path: Path | str) -> PipelineSpec:
                 f"{path}: one-vs-rest member {member.name!r} needs base_member "
                 f"{member.ovr.base_member!r} in the pipeline. Members: {names}"
             )
+    members = tuple(
+        _resolve_init_from(member, spec_path, names[:position], path)
+        for position, (member, spec_path) in enumerate(zip(members, spec_paths, strict=True))
+    )
     fractions = check_fractions(table.get("fractions", DEFAULT_FRACTIONS))
     return PipelineSpec(
         name=str(table.get("name", path.stem)),
@@ -184,6 +245,28 @@ def load_pipeline(path: Path | str) -> PipelineSpec:
         clean=bool(table.get("clean", True)),
         split_seed=int(table.get("split_seed", 0)),
         fractions=fractions,
+    )
+
+
+def _resolve_init_from(
+    member: MemberSpec, spec_path: Path, earlier: list[str], pipeline_path: Path
+) -> MemberSpec:
+    """Check ``init_from``: an earlier member's name, or a weights file (made absolute).
+
+    A relative file path is taken from the member spec's folder, so a pipeline can be run from
+    any working directory.
+    """
+    if not member.init_from or member.init_from in earlier:
+        return member
+    candidate = Path(member.init_from).expanduser()
+    if not candidate.is_absolute():
+        candidate = spec_path.parent / candidate
+    if candidate.is_file():
+        return replace(member, init_from=str(candidate.resolve()))
+    raise ConfigError(
+        f"{pipeline_path}: member {member.name!r} has init_from={member.init_from!r}, which is "
+        f"neither a member listed before it ({earlier}) nor a weights file ({candidate} not "
+        "found). List the member it starts from earlier in the pipeline, or give a .keras file."
     )
 
 
@@ -213,102 +296,36 @@ def _reject_unknown(table: dict[str, Any], allowed: set[str], source: str) -> No
         raise ConfigError(f"{source}: unknown key {unknown[0]!r}. Allowed keys: {sorted(allowed)}")
 
 
+_TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+
+
 def _typed(cls, table: dict[str, Any], source: str) -> dict[str, Any]:
-    """Check each value's type against the dataclass field's default (ints accepted as floats)."""
-    defaults = {f.name: f.default for f in fields(cls)}
+    """Check each value's type against the dataclass field's default.
+
+    Whole numbers are accepted where decimals are expected; booleans are refused where numbers
+    are expected (TOML's ``true`` is not the number 1 here, whatever Python says).
+    """
+    annotations = {f.name: f.default for f in fields(cls)}
     result = {}
     for key, value in table.items():
-        default = defaults.get(key)
-        expected = type(default) if default is not None and not callable(default) else None
+        default = annotations.get(key)
+        expected = type(default) if isinstance(default, (bool, int, float, str)) else None
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if expected is not None and expected is not type(None) and not isinstance(value, expected):
-            if not (key == "name" and isinstance(value, str)):
-                raise ConfigError(
-                    f"{source}: {key} must be a {expected.__name__}. Received: {key}={value!r}"
-                )
+        wrong_bool = isinstance(value, bool) and expected is not bool
+        if expected is not None and (wrong_bool or not isinstance(value, expected)):
+            raise ConfigError(
+                f"{source}: {key} must be {_TYPE_NAMES[expected]}. Received: {key}={value!r}"
+            )
         result[key] = value
     return result
 
 
-def _build(cls, table: dict[str, Any], source: str):
-    _reject_unknown(table, {f.name for f in fields(cls)}, source)
-    values = _typed(cls, table, source)
+def _build(cls, table: dict[str, Any], source: str, section: str):
+    """One ``[section]`` table → its dataclass, errors naming the file and ``section.key``."""
+    _reject_unknown(table, {f.name for f in fields(cls)}, f"{source} [{section}]")
+    values = _typed(cls, table, f"{source} [{section}]")
     try:
         return cls(**values)
-    except ConfigError as error:  # the section's own validation (e.g. AugmentationConfig)
-        raise ConfigError(f"{source}: {error}") from None
-
-
-def _check(condition: bool, source: str, key: str, rule: str, value: Any) -> None:
-    if not condition:
-        raise ConfigError(f"{source}: {key} must be {rule}. Received: {key}={value!r}")
-
-
-def _validate_member(spec: MemberSpec, source: str) -> None:
-    _check(spec.kind in MEMBER_KINDS, source, "kind", f"one of {list(MEMBER_KINDS)}", spec.kind)
-    _check(
-        spec.backbone in available_backbones(),
-        source,
-        "backbone",
-        f"one of {available_backbones()}",
-        spec.backbone,
-    )
-    _check(spec.input_size >= 32, source, "input_size", ">= 32", spec.input_size)
-    _check(spec.batch_size >= 1, source, "batch_size", ">= 1", spec.batch_size)
-    _check(
-        spec.class_weights in ("balanced", "none"),
-        source,
-        "class_weights",
-        "'balanced' or 'none'",
-        spec.class_weights,
-    )
-    _check(spec.head.dense_units >= 0, source, "head.dense_units", ">= 0", spec.head.dense_units)
-    _check(0 <= spec.head.dropout < 1, source, "head.dropout", "in [0, 1)", spec.head.dropout)
-    schedule = spec.schedule
-    _check(schedule.epochs >= 1, source, "schedule.epochs", ">= 1", schedule.epochs)
-    _check(
-        schedule.learning_rate > 0,
-        source,
-        "schedule.learning_rate",
-        "> 0",
-        schedule.learning_rate,
-    )
-    _check(
-        0 <= schedule.warmup_epochs < schedule.epochs,
-        source,
-        "schedule.warmup_epochs",
-        "in [0, epochs)",
-        schedule.warmup_epochs,
-    )
-    _check(
-        schedule.weight_decay >= 0, source, "schedule.weight_decay", ">= 0", schedule.weight_decay
-    )
-    _check(
-        0 <= schedule.label_smoothing < 1,
-        source,
-        "schedule.label_smoothing",
-        "in [0, 1)",
-        schedule.label_smoothing,
-    )
-    _check(
-        0 < schedule.bn_momentum < 1,
-        source,
-        "schedule.bn_momentum",
-        "in (0, 1)",
-        schedule.bn_momentum,
-    )
-    tune = spec.finetune
-    _check(tune.head_epochs >= 0, source, "finetune.head_epochs", ">= 0", tune.head_epochs)
-    _check(tune.epochs >= 0, source, "finetune.epochs", ">= 0", tune.epochs)
-    for key in ("head_learning_rate", "learning_rate"):
-        value = getattr(tune, key)
-        _check(value > 0, source, f"finetune.{key}", "> 0", value)
-    stop = spec.early_stopping
-    _check(stop.patience >= 0, source, "early_stopping.patience", ">= 0", stop.patience)
-    if spec.kind == "ovr":
-        _check(bool(spec.ovr.base_member), source, "ovr.base_member", "a member name", "")
-        _check(spec.ovr.epochs >= 1, source, "ovr.epochs", ">= 1", spec.ovr.epochs)
-        _check(
-            spec.ovr.learning_rate > 0, source, "ovr.learning_rate", "> 0", spec.ovr.learning_rate
-        )
+    except ConfigError as error:  # the section's own rules (__post_init__)
+        raise ConfigError(f"{source}: {section}.{error}") from None

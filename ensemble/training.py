@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,10 +84,15 @@ def train_member(
     *,
     force: bool = False,
     strategy=None,
-    verbose: int | None = None,
+    verbose: int = 1,
     stop_after_epochs: int | None = None,
+    init_weights: Path | None = None,
 ) -> dict:
     """Train (or resume, or skip) one CNN member.
+
+    One ``model.fit`` call per training phase (one phase from scratch; head then fine-tuning
+    with pretrained weights); after every epoch a callback evaluates on val, saves the
+    checkpoint and the best model atomically, and prints one line.
 
     Args:
         spec: the member spec.
@@ -97,15 +100,19 @@ def train_member(
         member_dir: where its files go (created).
         force: discard earlier progress and start again.
         strategy: an optional ``tf.distribute.Strategy`` to build and train under.
-        verbose: Keras verbosity; default a progress bar on a terminal, a line per epoch otherwise.
+        verbose: 1 prints one line per epoch on stderr (loss, accuracy, validation accuracy,
+            images per second, time left); 0 prints nothing.
         stop_after_epochs: stop (as if killed) after this many epochs in this call; for tests
             and for splitting a long run over sessions. The member stays unfinished.
+        init_weights: a ``.keras`` model of the same architecture to start from (the spec's
+            ``init_from``, resolved by the caller); ignored when resuming.
 
     Returns:
         The member's metrics (``metrics.json``); for an unfinished member, its last state.
 
     Raises:
         RunError: ``member_dir`` holds a member trained from a different spec (use ``force``).
+        ConfigError: ``init_weights`` does not fit the member's architecture.
     """
     import keras
 
@@ -116,73 +123,84 @@ def train_member(
 
     scope = strategy.scope() if strategy is not None else _NullScope()
     state = _load_state(member_dir)
-    total_epochs = _total_epochs(spec)
     with scope:
         if state is not None:
             model = load_keras_model(member_dir / "checkpoint" / "last.keras")
         else:
             model = build_member_model(spec, data.n_classes)
+            if init_weights is not None:
+                _copy_weights(model, Path(init_weights), spec)
             _compile_for_epoch(model, spec, 0, len(data.train_labels))
             state = {"epoch": 0, "best_val_accuracy": -1.0, "history": [], "stale_epochs": 0}
+            if init_weights is not None:
+                state["init_from"] = {"path": str(init_weights), "sha256": _sha256(init_weights)}
+
+    from ensemble.epoch_checkpoint import EpochCheckpoint
 
     train = _make_training_dataset(spec, data)
-    started_epoch = state["epoch"]
-    verbose = verbose if verbose is not None else (1 if sys.stderr.isatty() else 2)
-    tensorboard = keras.callbacks.TensorBoard(log_dir=str(member_dir / "tensorboard"))
-    while state["epoch"] < total_epochs:
-        epoch = state["epoch"]
-        if spec.pretrained and epoch == spec.finetune.head_epochs and epoch > 0:
+    epoch_end = EpochCheckpoint(
+        name=spec.name,
+        evaluate=lambda model: _evaluate(model, data),
+        n_train=len(data.train_labels),
+        member_dir=member_dir,
+        state=state,
+        total_epochs=_total_epochs(spec),
+        phase_of=lambda epoch: _phase(spec, epoch),
+        patience=spec.early_stopping.patience,
+        min_delta=spec.early_stopping.min_delta,
+        verbose=verbose,
+        stop_after_epochs=stop_after_epochs,
+    )
+    callbacks = [epoch_end, keras.callbacks.TensorBoard(log_dir=str(member_dir / "tensorboard"))]
+    for phase_end in _phase_ends(spec):
+        if state["epoch"] >= phase_end:
+            continue
+        if spec.pretrained and state["epoch"] == spec.finetune.head_epochs > 0:
             with scope:  # phase 2: unfreeze and fine-tune at a low learning rate
-                _compile_for_epoch(model, spec, epoch, len(data.train_labels))
-        began = time.perf_counter()
-        result = model.fit(
+                _compile_for_epoch(model, spec, state["epoch"], len(data.train_labels))
+        model.fit(
             train,
-            epochs=epoch + 1,
-            initial_epoch=epoch,
-            verbose=verbose,
-            callbacks=[tensorboard],
+            epochs=phase_end,
+            initial_epoch=state["epoch"],
+            verbose=0,
+            callbacks=callbacks,
             shuffle=False,  # the tf.data pipeline shuffles
         )
-        seconds = time.perf_counter() - began
-        val_accuracy, val_f1 = _evaluate(model, data)
-        eval_seconds = time.perf_counter() - began - seconds
-        record = {
-            "epoch": epoch + 1,
-            "phase": _phase(spec, epoch),
-            "loss": float(result.history["loss"][-1]),
-            "accuracy": float(result.history["accuracy"][-1]),
-            "val_accuracy": val_accuracy,
-            "val_macro_f1": val_f1,
-            "seconds": round(seconds, 2),
-            "images_per_second": round(len(data.train_labels) / seconds, 1),
-            "eval_seconds": round(eval_seconds, 2),
-        }
-        state["history"].append(record)
-        state["epoch"] = epoch + 1
-        improved = val_accuracy > state["best_val_accuracy"] + spec.early_stopping.min_delta
-        if improved:
-            state["best_val_accuracy"] = val_accuracy
-            state["best_epoch"] = epoch + 1
-            state["stale_epochs"] = 0
-            _atomic_save(model, member_dir / "best.keras")
-        else:
-            state["stale_epochs"] += 1
-        saving = time.perf_counter()
-        _atomic_save(model, member_dir / "checkpoint" / "last.keras")
-        record["save_seconds"] = round(time.perf_counter() - saving, 2)
-        atomic_write_json(member_dir / "checkpoint" / "state.json", state)
-        print(
-            f"  {spec.name} epoch {epoch + 1}/{total_epochs}: val accuracy {val_accuracy:.4f}, "
-            f"macro-F1 {val_f1:.4f}, {record['images_per_second']:.0f} img/s",
-            file=sys.stderr,
-            flush=True,
-        )
-        patience = spec.early_stopping.patience
-        if patience and state["stale_epochs"] >= patience:
-            break
-        if stop_after_epochs is not None and state["epoch"] - started_epoch >= stop_after_epochs:
+        if epoch_end.interrupted:
             return state
+        if epoch_end.stopped_early:
+            break
     return _finish(spec, member_dir, state)
+
+
+def _phase_ends(spec: MemberSpec) -> list[int]:
+    """The epoch at which each training phase ends (one ``fit`` call each)."""
+    if spec.pretrained and spec.finetune.head_epochs:
+        return [spec.finetune.head_epochs, _total_epochs(spec)]
+    return [_total_epochs(spec)]
+
+
+def _copy_weights(model, source_path: Path, spec: MemberSpec) -> None:
+    """Start ``model`` from every weight of a trained model of the same architecture."""
+    source = load_keras_model(source_path)
+    try:
+        model.set_weights(source.get_weights())
+    except ValueError as error:
+        raise ConfigError(
+            f"member {spec.name!r}: init_from {str(source_path)!r} does not fit its architecture "
+            f"({spec.backbone}, head {spec.head.dense_units} units): {error}. Start from a "
+            "member with the same backbone and head."
+        ) from None
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def prepare_member_dir(spec: MemberSpec, member_dir: Path, force: bool) -> dict | None:
@@ -208,6 +226,8 @@ def _finish(spec: MemberSpec, member_dir: Path, state: dict) -> dict:
     train_seconds = sum(row["seconds"] for row in history)
     images = sum(row["seconds"] * row["images_per_second"] for row in history)
     best = max(history, key=lambda row: row["val_accuracy"])
+    keep_last = spec.early_stopping.keep == "last"
+    kept = history[-1] if keep_last else best
     metrics = {
         "member": spec.name,
         "backbone": spec.backbone,
@@ -215,13 +235,17 @@ def _finish(spec: MemberSpec, member_dir: Path, state: dict) -> dict:
         "weights": spec.weights,
         "epochs_run": len(history),
         "best_epoch": best["epoch"],
-        "val_accuracy": best["val_accuracy"],
-        "val_macro_f1": best["val_macro_f1"],
+        "kept_epoch": kept["epoch"],
+        "val_accuracy": kept["val_accuracy"],
+        "val_macro_f1": kept["val_macro_f1"],
         "train_seconds": round(train_seconds, 1),
         "images_per_second": round(images / max(train_seconds, 1e-9), 1),
     }
+    if "init_from" in state:
+        metrics["init_from"] = state["init_from"]
     atomic_write_json(member_dir / "history.json", history)
-    _atomic_copy(member_dir / "best.keras", member_dir / "model.keras")
+    source = member_dir / "checkpoint" / "last.keras" if keep_last else member_dir / "best.keras"
+    _atomic_copy(source, member_dir / "model.keras")
     atomic_write_json(member_dir / FINISHED, metrics)  # last: marks the member finished
     return metrics
 
@@ -322,19 +346,28 @@ def _evaluate(model, data: TrainingData) -> tuple[float, float]:
     return round(accuracy, 6), round(f1, 6)
 
 
+#: Spec fields that do not change how a member is trained (only whether the combiners use it):
+#: changing them later does not make a trained member stale.
+NOT_TRAINING_FIELDS = ("combine",)
+
+
 def _check_or_write_spec(spec: MemberSpec, member_dir: Path) -> None:
     path = member_dir / "spec.json"
-    resolved = spec.to_dict()
+    resolved = json.loads(json.dumps(spec.to_dict()))
     if path.is_file():
         saved = _resolved_saved_spec(path)
-        if saved != json.loads(json.dumps(resolved)):
-            changed = sorted(
-                k for k in resolved if saved.get(k) != json.loads(json.dumps(resolved[k]))
-            )
+        changed = sorted(
+            key
+            for key in set(resolved) | set(saved)
+            if key not in NOT_TRAINING_FIELDS and saved.get(key) != resolved.get(key)
+        )
+        if changed:
             raise RunError(
                 f"member {spec.name!r} in {member_dir} was trained from a different spec "
                 f"(changed: {changed}). Pass --force to retrain it, or use another run directory."
             )
+        if saved != resolved:  # only fields that do not affect training: record the new ones
+            atomic_write_json(path, resolved)
         return
     atomic_write_json(path, resolved)
 
@@ -358,11 +391,6 @@ def _load_state(member_dir: Path) -> dict | None:
     if state_path.is_file() and model_path.is_file():
         return json.loads(state_path.read_text())
     return None
-
-
-def _atomic_save(model, path: Path) -> None:
-    """Save a Keras model to a temporary ``.keras`` file beside ``path``, then rename it."""
-    atomic_write_with(path, model.save, suffix=".keras")
 
 
 def _atomic_copy(source: Path, target: Path) -> None:
