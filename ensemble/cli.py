@@ -386,10 +386,11 @@ def _parse_fractions(text: str) -> list[float]:
     try:
         values = [float(part) for part in text.split(",")]
     except ValueError:
-        raise typer.BadParameter(f"fractions must be 4 numbers. Received: {text!r}") from None
+        values = []
     if len(values) != 4:
         raise typer.BadParameter(
-            f"fractions must be 4 numbers (train,val,blend,test). Received: {text!r}"
+            f"fractions must be 4 numbers (train,val,blend,test). Received: {text!r}",
+            param_hint="'--fractions'",
         )
     return values
 

@@ -33,6 +33,7 @@ def run_demo(out: Path, per_class: int = 50, pipeline: str | Path = "demo") -> d
     from ensemble.fitting import fit_combiners
     from ensemble.members import train_pipeline_members
     from ensemble.predict import predict_folder, write_predictions
+    from ensemble.progress import stage
     from ensemble.recipes import resolve_pipeline
     from ensemble.report import report_on_split
     from ensemble.run import open_run
@@ -52,9 +53,12 @@ def run_demo(out: Path, per_class: int = 50, pipeline: str | Path = "demo") -> d
     dataset = load_dataset(data)
     train_pipeline_members(recipe, dataset, run_dir)
     run = open_run(run_dir, dataset)
+    stage("demo", "fitting the combiners on the blend split")
     fit_combiners(run)
+    stage("demo", f"predicting the {len(images) + 1} files of {incoming}")
     predictions = predict_folder(incoming, run_dir)
     write_predictions(predictions, out / "predictions.csv", as_json=False)
+    stage("demo", "report on the test split and its shifted copy")
     report_on_split(run, "test", out / "report", shifted=True)
     return {
         "data": data,
@@ -78,34 +82,39 @@ def summarize(metrics: dict, paths: dict[str, Path]) -> str:
         paths of the data, the run, the predictions and the full report.
     """
     models, shifted = metrics["models"], metrics.get("shifted", {})
+    best_combiner, best_member = metrics["best_combiner"], metrics["best_member"]
     combiners = [name for name in models if name not in metrics["members"]]
-    combiners.sort(key=lambda name: -models[name]["accuracy"])
+    combiners.sort(key=lambda name: (-models[name]["accuracy"], name != best_combiner))
     shown = sorted(
-        [*combiners[:SUMMARY_COMBINERS], metrics["best_member"]],
-        key=lambda name: -models[name]["accuracy"],
+        [*combiners[:SUMMARY_COMBINERS], best_member],
+        key=lambda name: (-models[name]["accuracy"], name == best_member),
     )
-    notes = {metrics["best_combiner"]: "best combiner", metrics["best_member"]: "best member"}
-    width = max(len(name) for name in shown)
+    labels = {
+        name: f"{name} ({'best member' if name == best_member else 'best combiner'})"
+        if name in (best_member, best_combiner)
+        else name
+        for name in shown
+    }
+    width = max(len(label) for label in labels.values())
     lines = [
-        f"test accuracy on {metrics['n_images']} held-out synthetic images "
-        "(95 % interval; shifted copy):"
+        f"Test accuracy on {metrics['n_images']} held-out images (95 % interval), and on a "
+        "shifted copy:"
     ]
     for name in shown:
         low, high = models[name]["ci95"]["accuracy"]
-        moved = f"; shifted {shifted[name]['accuracy']:.4f}" if name in shifted else ""
-        note = f"  {notes[name]}" if name in notes else ""
+        moved = f"  shifted {shifted[name]['accuracy']:.4f}" if name in shifted else ""
         lines.append(
-            f"  {name:<{width}}  {models[name]['accuracy']:.4f} ({low:.4f}–{high:.4f}{moved}){note}"
+            f"  {labels[name]:<{width}}  {models[name]['accuracy']:.4f} ({low:.4f}–{high:.4f})"
+            f"{moved}"
         )
-    lines.append("synthetic cells: the numbers show that the machinery works, nothing more.")
-    lines.append("where everything is:")
+    lines += ["Synthetic cells: these numbers show that the machinery works, nothing more.", ""]
     described = {
         "data": "synthetic cells, a folder per class",
-        "run": "the trained members and fitted combiners (--run for predict and report)",
+        "run": "members and combiners: the --run of predict and report",
         "predictions": "predictions for incoming/, one broken file included",
         "report": "every member and combiner: metrics, tests, plots",
     }
-    width = max(len(name) for name in described)
+    path_width = max(len(str(paths[what])) for what in described)
     for what, description in described.items():
-        lines.append(f"  {what:<{width}}  {paths[what]}  ({description})")
+        lines.append(f"  {what:<11}  {str(paths[what]):<{path_width}}  {description}")
     return "\n".join(lines)

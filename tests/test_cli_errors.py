@@ -1,10 +1,12 @@
 """Command-line failures: one line and an exit code by default, the traceback with --debug."""
 
 import errno
+import shutil
 from pathlib import Path
 
 import pytest
 
+from ensemble import __version__
 from tests.conftest import run_cli
 
 
@@ -40,3 +42,70 @@ def test_disk_full_while_writing_predictions(
     assert "Files written before are intact" in err
     assert out.read_text() == "previous predictions\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.csv"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["report", "--run", "nowhere", "--split", "nope"],
+            "Invalid value for '--split'",
+        ),
+        (
+            ["report", "--run", "nowhere", "--split", "nope"],
+            "'nope' is not one of 'test', 'blend', 'val', 'train'",
+        ),
+        (
+            ["train-members", "--pipeline", "ci", "--data", "{data}", "--strategy", "fast"],
+            "'fast' is not one of 'default', 'mirrored'",
+        ),
+        (
+            ["train-members", "--pipeline", "nope", "--data", "{data}"],
+            "error: pipeline not found: give a pipeline TOML file or the name of a built-in "
+            "pipeline ['an2dl', 'ci', 'demo', 'pbc-cpu']. Received: pipeline='nope'",
+        ),
+        (
+            ["train-members", "--pipeline", "ci", "--data", "{data}", "--only", "tiny-a,nope"],
+            "error: --only 'nope' is not a member of ci. Members: ['tiny-a', 'tiny-b', 'tiny-ovr']",
+        ),
+        (
+            ["split", "{data}", "--fractions", "0.5,x,0,0"],
+            "error: Invalid value for '--fractions': fractions must be 4 numbers "
+            "(train,val,blend,test). Received: '0.5,x,0,0'",
+        ),
+        (
+            ["split", "{data}", "--fractions", "0.5,0.5"],
+            "error: Invalid value for '--fractions': fractions must be 4 numbers "
+            "(train,val,blend,test). Received: '0.5,0.5'",
+        ),
+    ],
+)
+def test_bad_option_values(args, message, synthetic_folder, capsys):
+    args = [str(arg).format(data=synthetic_folder) for arg in args]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert message in err
+
+
+def test_version(capsys):
+    code, out, _ = run_cli(["--version"], capsys)
+    assert code == 0 and out == f"blood-ensemble {__version__}\n"
+
+
+@pytest.mark.parametrize(
+    ("only", "trained"),
+    [
+        (["--only", "tiny-a,tiny-ovr"], ["tiny-a", "tiny-ovr"]),
+        (["--only", "tiny-b", "--only", "tiny-a"], ["tiny-a", "tiny-b"]),
+        (["--only", " tiny-b , tiny-ovr,", "--only", "tiny-b"], ["tiny-b", "tiny-ovr"]),
+    ],
+)
+def test_only_takes_a_list_or_repeats(
+    only, trained, fitted_ci_run, synthetic_folder, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    shutil.copytree(fitted_ci_run, run)  # finished members: reported, not retrained
+    args = ["train-members", "--pipeline", "ci", "--data", synthetic_folder, "--run", run, *only]
+    code, out, _ = run_cli(args, capsys)
+    assert code == 0
+    assert [line.split(":")[0] for line in out.splitlines()[:-1]] == trained
