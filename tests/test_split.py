@@ -111,3 +111,19 @@ def test_real_split_keeps_near_duplicate_pairs_together(real_data, tmp_path):
         split = make_split(subset, report.groups, seed=seed)
         for first, second in pairs:
             assert split.assignment[first] == split.assignment[second]
+
+
+@pytest.mark.parametrize("mode", ["auto", "0"])
+def test_cli_split_prints_a_line_per_stage(mode, synthetic_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ENSEMBLE_PROGRESS", mode)  # stderr is no terminal here: lines, no bars
+    args = ["split", synthetic_folder, "--out", tmp_path / "split.json"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0 and out.startswith(f"split written to {tmp_path / 'split.json'}")
+    stages = [
+        "audit: decoding 96 images at 96 px",
+        "audit: near duplicates among 96 distinct images",
+        "audit: non-cell pictures and colour casts among 96 pictures",
+        "split: 96 images into train, val, blend, test (0 duplicate groups kept together, "
+        "0 excluded)",
+    ]
+    assert err.splitlines() == (stages if mode == "auto" else [])
