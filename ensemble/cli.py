@@ -1,7 +1,9 @@
 """The ``ensemble`` command. Thin: parse options, call the library, print.
 
 Errors caused by input or configuration (:class:`ensemble.errors.EnsembleError`) are printed
-as one line on stderr with exit code 2; ``--debug`` shows the traceback instead.
+as one line on stderr with exit code 2; ``--debug`` shows the traceback instead. TensorFlow's
+start-up lines and the libraries' warnings stay hidden (:mod:`ensemble.console`) unless
+``--verbose`` or ``--debug`` is given.
 """
 
 from __future__ import annotations
