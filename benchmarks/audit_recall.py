@@ -4,7 +4,7 @@ Usage:
     python benchmarks/audit_recall.py --data ../shared/data/pbc96 [--seeds 0 1 2]
 
 For each seed it builds a contaminated copy of ``--per-class`` real images per class with
-``--per-kind`` injected files of every kind (see ensemble/contamination.py), audits it and
+``--per-kind`` injected files of every kind (see benchmarks/contamination.py), audits it and
 counts what was found; then it audits the whole real folder and lists what it reports there.
 """
 
@@ -17,8 +17,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from contamination import KINDS, contaminate  # benchmarks/contamination.py, beside this script
+
 from ensemble.audit import run_audit
-from ensemble.contamination import KINDS, contaminate
 from ensemble.data import load_dataset
 from ensemble.fileio import atomic_write_json, atomic_write_text
 
@@ -82,7 +83,7 @@ def main() -> None:
         f"{' '.join(map(str, args.seeds))}`",
         "",
         f"Each seed copies {args.per_class} real images per class of `{args.data}` and injects "
-        f"{args.per_kind} files of every kind (ensemble/contamination.py): byte copies; near "
+        f"{args.per_kind} files of every kind (benchmarks/contamination.py): byte copies; near "
         "copies (JPEG q40-80, down/up-sized from 48-80 px, shifted up to 6 px); copies filed "
         "under another class; unreadable files (empty, truncated JPEG, text, `.DS_Store` bytes "
         "named `.jpg`); strong blue casts (channel gains with blue/red ratio 1.45-2.2 or a 30-50 % "

@@ -23,7 +23,8 @@ import numpy as np
 from ensemble.artifacts import load_keras_model
 from ensemble.data import load_dataset
 from ensemble.fileio import atomic_write_text
-from ensemble.predict import Predictor, predict_folder
+from ensemble.fitted import FittedEnsemble
+from ensemble.predict import predict_folder
 
 
 def main() -> None:
@@ -41,7 +42,7 @@ def main() -> None:
     chosen = np.random.default_rng(0).choice(len(dataset.records), args.images, replace=False)
     records = [dataset.records[i] for i in sorted(chosen)]
     began = time.perf_counter()
-    predictor = Predictor(args.run, args.combiner)  # loaded once, as `ensemble predict` does
+    ensemble = FittedEnsemble.load(args.run, args.combiner)  # once, as `ensemble predict` does
     load_seconds = time.perf_counter() - began
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch) / "images"
@@ -52,17 +53,17 @@ def main() -> None:
         # Same warm-up on both sides: one full pass first (TensorFlow and oneDNN get faster over
         # the first passes of a process); each side is timed on its second pass.
         began = time.perf_counter()
-        predict_folder(folder, args.run, batch_size=args.batch_size, predictor=predictor)
+        predict_folder(folder, args.run, batch_size=args.batch_size, ensemble=ensemble)
         cold_seconds = time.perf_counter() - began
         began = time.perf_counter()
-        result = predict_folder(folder, args.run, batch_size=args.batch_size, predictor=predictor)
+        result = predict_folder(folder, args.run, batch_size=args.batch_size, ensemble=ensemble)
         tool_seconds = time.perf_counter() - began
     assert result.n_predicted == args.images, "every image must be predicted"
 
     subset = dataset.subset(sorted(chosen))
     member_seconds, bare_cold = {}, {}
-    for name in predictor.members:
-        model = load_keras_model(args.run / "members" / name / "model.keras")
+    for name in ensemble.members:
+        model = load_keras_model(ensemble.run.model_path(name))
         images, _, _ = subset.load_images(model.input_shape[1])
         x = images.astype("float32")
         began = time.perf_counter()
@@ -81,8 +82,8 @@ def main() -> None:
 
 Reproduce: `python benchmarks/predict_speed.py --run {args.run} --data {args.data} --images {args.images} --combiner {args.combiner}`
 
-{args.images} real JPEG images from `{args.data}`, run `{args.run}` ({len(predictor.members)} members:
-{", ".join(predictor.members)}), combiner `{args.combiner}`, no TTA, batch {args.batch_size}, 2 CPU cores.
+{args.images} real JPEG images from `{args.data}`, run `{args.run}` ({len(ensemble.members)} members:
+{", ".join(ensemble.members)}), combiner `{args.combiner}`, no TTA, batch {args.batch_size}, 2 CPU cores.
 
 | path | seconds | images/s |
 |---|---|---|
@@ -93,8 +94,9 @@ Reproduce: `python benchmarks/predict_speed.py --run {args.run} --data {args.dat
 
 First (cold) pass in this process: `ensemble predict` {cold_seconds:.1f} s, bare members
 {sum(bare_cold.values()):.1f} s.
-Loading the run (4 `.keras` members in safe mode, temperatures, stacker) takes {load_seconds:.1f} s once
-per `ensemble predict` call; it is not in the per-image figures above.
+Loading the run (hashing and checking every file, temperatures, combiners) takes {load_seconds:.1f} s once
+per `ensemble predict` call; the `.keras` members then load in safe mode on first use (the cold pass).
+Neither is in the per-image figures above.
 """
     atomic_write_text(args.out, text)
     print(text)

@@ -251,6 +251,13 @@ def fit_stacker(
     seed: Annotated[
         int, typer.Option(help="Seed of the blend cross-validation folds and of XGBoost.")
     ] = 0,
+    tta: Annotated[
+        bool,
+        typer.Option(
+            help="Fit on member outputs averaged over the 8 dihedral views (then predict and "
+            "report with --tta too)."
+        ),
+    ] = False,
     classes: ClassesOption = None,
     data_root: DataRootOption = None,
 ) -> None:
@@ -258,10 +265,10 @@ def fit_stacker(
     from ensemble.fitting import fit_combiners
 
     opened = _open_run(run, data, classes, data_root)
-    selection = fit_combiners(opened, seed=seed)
-    for name, accuracy in selection["cv_accuracy_on_blend"].items():
+    selection = fit_combiners(opened, seed=seed, tta=tta)
+    for name, accuracy in selection.cv_accuracy_on_blend.items():
         typer.echo(f"{name:<20} cross-validated blend accuracy {accuracy:.4f}")
-    typer.echo(f"default combiner: {selection['default_combiner']} (written to {run}/combiners)")
+    typer.echo(f"default combiner: {selection.default_combiner} (written to {run}/combiners)")
 
 
 @app.command()
@@ -340,14 +347,14 @@ def report(
 ) -> None:
     """Members and combiners on the same held-out images: metrics, tests, plots → report.md."""
     from ensemble.report import report_on_dataset, report_on_split
-    from ensemble.run import open_run, read_manifest
+    from ensemble.run import RunDir
 
-    manifest = read_manifest(run)
-    dataset = _load(data or Path(manifest["data_source"]), classes, data_root)
+    directory = RunDir.open(run)
+    dataset = _load(directory.data_source(data), classes, data_root)
     target = out or Path("results") / run.name
     options = {"shifted": shifted, "shift_seed": shift_seed, "tta": tta}
-    if dataset.fingerprint() == manifest["data_fingerprint"]:
-        metrics = report_on_split(open_run(run, dataset), split.value, target, **options)
+    if dataset.fingerprint() == directory.manifest["data_fingerprint"]:
+        metrics = report_on_split(directory.with_data(dataset), split.value, target, **options)
     else:
         typer.echo(
             f"{dataset.root} is not the data of run {run}: scoring all of its "
@@ -365,9 +372,10 @@ def report(
 
 
 def _warn_if_seen_in_training(run: Path, dataset) -> None:
+    from ensemble.run import RunDir
     from ensemble.split import trained_on_hashes
 
-    seen = trained_on_hashes(run / "split.json")
+    seen = trained_on_hashes(RunDir.open(run).split_path)
     overlap = [record.id for record in dataset.records if record.content_hash in seen]
     if overlap:
         typer.echo(
@@ -378,10 +386,10 @@ def _warn_if_seen_in_training(run: Path, dataset) -> None:
 
 
 def _open_run(run: Path, data: Path | None, classes: str | None, data_root: Path | None):
-    from ensemble.run import open_run, read_manifest
+    from ensemble.run import RunDir
 
-    source = data or Path(read_manifest(run)["data_source"])
-    return open_run(run, _load(source, classes, data_root))
+    directory = RunDir.open(run)
+    return directory.with_data(_load(directory.data_source(data), classes, data_root))
 
 
 def _parse_fractions(text: str) -> list[float]:

@@ -1,10 +1,27 @@
-"""Combiners: how the members' class probabilities become one prediction.
+"""Combiners: how the members' outputs on the same images become one prediction.
 
-Every combiner works on a stack of member probabilities ``P`` of shape
-``(n_members, n_images, n_classes)`` and follows scikit-learn's conventions: ``__init__`` only
-stores its arguments, ``fit(P, y)`` learns (on the ``blend`` split), learned state ends in ``_``,
-``predict_proba`` / ``predict`` refuse to run before ``fit``. Learned state round-trips through
-readable JSON (:meth:`to_json` / :func:`combiner_from_json`) — no pickle.
+Every combiner follows scikit-learn's conventions: ``__init__`` only stores its arguments,
+``fit`` learns (on the ``blend`` split), learned state ends in ``_``, ``predict_proba`` /
+``predict`` refuse to run before ``fit`` (:class:`~ensemble.errors.NotFittedError`). Learned
+state round-trips through readable JSON (:meth:`VotingCombiner.to_json` /
+:func:`combiner_from_json`), XGBoost's own format and ``.npy`` — no pickle.
+
+**The registry.** Every combiner class is registered by name with :func:`register`;
+:func:`registered_combiners` is the one map from name to class that fit-stacker, predict and
+report use. A combiner takes part in all three through the :class:`Combiner` interface:
+:meth:`Combiner.fit_blend` on the ``blend`` split's :class:`Blend`, :meth:`Combiner.combine` on
+any images' :class:`MemberOutputs`, :meth:`Combiner.save` / :meth:`Combiner.load`. Adding a
+voting combiner is one decorated class in this module::
+
+    @register
+    class MedianVote(VotingCombiner):
+        name = "median"
+
+        def predict_proba(self, stack):
+            return np.median(self._check_fitted(stack), axis=0)
+
+Voting combiners work on a stack of temperature-scaled member probabilities ``P`` of shape
+``(n_members, n_images, n_classes)``:
 
 * :class:`HardVote` — majority of the members' argmax votes; ties broken by the mean probability
   of the tied classes.
@@ -13,21 +30,138 @@ readable JSON (:meth:`to_json` / :func:`combiner_from_json`) — no pickle.
   loss.
 * :class:`GreedySelection` — Caruana et al. (2004) ensemble selection with replacement, as in
   AutoGluon's weighted ensemble: repeatedly add the member that most lowers the blend log loss.
-* :class:`TemperatureScaling` — one temperature per member fitted on ``val``, applied before any
-  averaging, because averaging assumes calibrated probabilities.
+
+A feature-based combiner (the XGBoost stacker, :mod:`ensemble.stacker`) reads the members'
+pooled features and raw probabilities from the same :class:`MemberOutputs`.
+:class:`TemperatureScaling` — one temperature per member fitted on ``val`` — is applied before
+any combiner, because averaging assumes calibrated probabilities.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from copy import deepcopy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
-from ensemble.errors import ConfigError
+from ensemble.errors import ConfigError, NotFittedError
+from ensemble.fileio import atomic_write_text
 
 EPSILON = 1e-12
+
+
+@dataclass(frozen=True)
+class MemberOutputs:
+    """Every member's outputs on the same images: what each combiner reads.
+
+    Attributes:
+        probabilities: ``(n_members, N, K)`` each member's own probabilities.
+        calibrated: ``(n_members, N, K)`` the same after temperature scaling.
+        features: one ``(N, F)`` pooled-feature array per member, in member order.
+    """
+
+    probabilities: np.ndarray
+    calibrated: np.ndarray
+    features: tuple[np.ndarray, ...]
+
+    @property
+    def votes(self) -> np.ndarray:
+        """Each member's predicted class ``(n_members, N)`` (argmax of its calibrated output)."""
+        return self.calibrated.argmax(axis=2)
+
+
+@dataclass(frozen=True)
+class Blend:
+    """The ``blend`` split as the combiners are fitted on it.
+
+    Attributes:
+        outputs: the members' outputs on the blend images.
+        labels: true class index of each blend image.
+        ids: image id of each blend image (the stacker's leakage guard checks them).
+        split_of: the run's split, image id → split name.
+        folds: cross-validation folds inside ``blend`` (``(fit_rows, held_rows)`` pairs), the
+            same for every combiner so their scores compare.
+    """
+
+    outputs: MemberOutputs
+    labels: np.ndarray
+    ids: list[str]
+    split_of: Mapping[str, str]
+    folds: list[tuple[np.ndarray, np.ndarray]]
+
+
+class Combiner(ABC):
+    """What fit-stacker, predict and report need from every combiner."""
+
+    name: ClassVar[str]  # registry key, the name users pass to --combiner
+
+    @classmethod
+    def create(cls, members: list[str], seed: int) -> Combiner:
+        """An unfitted combiner for a run's ``members``, seeded where it draws random numbers."""
+        return cls()
+
+    @abstractmethod
+    def fit_blend(self, blend: Blend) -> Combiner:
+        """Fit on the ``blend`` split; returns ``self``."""
+
+    @abstractmethod
+    def combine(self, outputs: MemberOutputs) -> np.ndarray:
+        """Class probabilities ``(N, K)`` from the members' outputs on N images."""
+
+    @abstractmethod
+    def cross_validated_accuracy(self, blend: Blend) -> float:
+        """Accuracy on ``blend`` of copies fitted on the other folds (how the default is chosen)."""
+
+    @classmethod
+    @abstractmethod
+    def files(cls) -> tuple[str, ...]:
+        """Names of the files :meth:`save` writes (their hashes are recorded and checked)."""
+
+    @abstractmethod
+    def save(self, folder: Path, *, member_hashes: dict[str, str], classes: list[str]) -> None:
+        """Write the fitted state into ``folder`` (atomically, no pickle)."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, folder: Path, *, member_hashes: dict[str, str]) -> Combiner:
+        """Read a combiner saved by :meth:`save`.
+
+        Raises:
+            RunError: it was fitted on other members than ``member_hashes`` describe.
+        """
+
+
+_REGISTRY: dict[str, type[Combiner]] = {}
+
+
+def register(cls: type[Combiner]) -> type[Combiner]:
+    """Class decorator: add a combiner to the registry under its ``name`` (unique).
+
+    Raises:
+        ValueError: another combiner already has that name.
+    """
+    if cls.name in _REGISTRY:
+        raise ValueError(f"combiner {cls.name!r} is already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registered_combiners() -> dict[str, type[Combiner]]:
+    """Every combiner by name, in the order fit-stacker fits and report lists them.
+
+    Example:
+        >>> list(registered_combiners())
+        ['hard', 'soft', 'weighted', 'greedy', 'stack']
+    """
+    import ensemble.stacker  # noqa: F401  registers "stack" (it builds on this module)
+
+    return dict(_REGISTRY)
 
 
 def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -48,16 +182,24 @@ def _check_stack(stack: np.ndarray, labels: np.ndarray | None = None) -> np.ndar
     return stack
 
 
-class _Combiner:
-    """Shared ``predict`` and fitted-state checks."""
+class VotingCombiner(Combiner):
+    """A combiner of the temperature-scaled member probabilities alone (no features).
 
-    name = "combiner"
+    Subclasses implement :meth:`predict_proba` on a stack ``(n_members, N, K)``; those that
+    learn override :meth:`fit`, :meth:`state` and :meth:`_restore`.
+    """
 
-    def fit(self, stack: np.ndarray, labels: np.ndarray) -> _Combiner:
+    _PARAMS: ClassVar[tuple[str, ...]] = ()  # constructor arguments, saved with the state
+
+    def fit(self, stack: np.ndarray, labels: np.ndarray) -> VotingCombiner:
         """Learn from the members' probabilities on the ``blend`` split."""
         _check_stack(stack, labels)
         self.n_members_ = stack.shape[0]
         return self
+
+    @abstractmethod
+    def predict_proba(self, stack: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(N, K)`` from the stack ``(n_members, N, K)``."""
 
     def predict(self, stack: np.ndarray) -> np.ndarray:
         """Predicted class index per image."""
@@ -65,7 +207,7 @@ class _Combiner:
 
     def _check_fitted(self, stack: np.ndarray) -> np.ndarray:
         if not hasattr(self, "n_members_"):
-            raise ConfigError(f"{type(self).__name__} is not fitted yet: call fit() first")
+            raise NotFittedError(type(self).__name__)
         stack = _check_stack(stack)
         if stack.shape[0] != self.n_members_:
             raise ConfigError(
@@ -75,15 +217,63 @@ class _Combiner:
         return stack
 
     def state(self) -> dict[str, Any]:
-        """The learned state as JSON-ready values."""
-        return {"n_members": self.n_members_}
+        """The constructor arguments and learned state as JSON-ready values."""
+        return {"n_members": self.n_members_, **{key: getattr(self, key) for key in self._PARAMS}}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Set the learned state from :meth:`state`'s output."""
+        self.n_members_ = int(state["n_members"])
 
     def to_json(self) -> str:
         """Readable JSON of the combiner's kind and learned state."""
         return json.dumps({"kind": self.name, **self.state()}, indent=1, sort_keys=True)
 
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> VotingCombiner:
+        """A fitted combiner from :meth:`state`'s output."""
+        combiner = cls(**{key: state[key] for key in cls._PARAMS})
+        combiner._restore(state)
+        return combiner
 
-class HardVote(_Combiner):
+    # The Combiner interface: voting reads the calibrated probabilities only.
+
+    def fit_blend(self, blend: Blend) -> VotingCombiner:
+        """Fit on the blend split's calibrated probabilities."""
+        return self.fit(blend.outputs.calibrated, blend.labels)
+
+    def combine(self, outputs: MemberOutputs) -> np.ndarray:
+        """Class probabilities from the calibrated member probabilities."""
+        return self.predict_proba(outputs.calibrated)
+
+    def cross_validated_accuracy(self, blend: Blend) -> float:
+        """Refit a copy on each fold's other rows and count its right answers on the fold."""
+        stack, labels = blend.outputs.calibrated, blend.labels
+        correct = 0
+        for fit_rows, held_rows in blend.folds:
+            fold_model = deepcopy(self).fit(stack[:, fit_rows], labels[fit_rows])
+            correct += int((fold_model.predict(stack[:, held_rows]) == labels[held_rows]).sum())
+        return round(correct / len(labels), 6)
+
+    @classmethod
+    def files(cls) -> tuple[str, ...]:
+        """One JSON file named after the combiner."""
+        return (f"{cls.name}.json",)
+
+    def save(self, folder: Path, *, member_hashes: dict[str, str], classes: list[str]) -> None:
+        """Write ``<name>.json`` (the member hashes are checked by the selection instead)."""
+        atomic_write_text(Path(folder) / f"{self.name}.json", self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, folder: Path, *, member_hashes: dict[str, str]) -> VotingCombiner:
+        """Read ``<name>.json``."""
+        combiner = combiner_from_json((Path(folder) / f"{cls.name}.json").read_text())
+        if not isinstance(combiner, cls):
+            raise ConfigError(f"{folder}/{cls.name}.json holds a {combiner.name!r} combiner")
+        return combiner
+
+
+@register
+class HardVote(VotingCombiner):
     """Majority vote; ties broken by the mean probability of the tied classes."""
 
     name = "hard"
@@ -106,7 +296,8 @@ class HardVote(_Combiner):
         return scores / scores.sum(axis=1, keepdims=True)
 
 
-class SoftVote(_Combiner):
+@register
+class SoftVote(VotingCombiner):
     """Mean of the members' probabilities."""
 
     name = "soft"
@@ -116,7 +307,8 @@ class SoftVote(_Combiner):
         return self._check_fitted(stack).mean(axis=0)
 
 
-class WeightedSoftVote(_Combiner):
+@register
+class WeightedSoftVote(VotingCombiner):
     """Weighted mean; weights on the simplex minimising the log loss on ``blend``."""
 
     name = "weighted"
@@ -138,14 +330,20 @@ class WeightedSoftVote(_Combiner):
 
     def predict_proba(self, stack: np.ndarray) -> np.ndarray:
         """Weighted mean probability."""
-        return np.tensordot(self.weights_, self._check_fitted(stack), axes=1)
+        stack = self._check_fitted(stack)
+        return np.tensordot(self.weights_, stack, axes=1)
 
     def state(self) -> dict[str, Any]:
         """Weights, one per member."""
         return super().state() | {"weights": [round(float(w), 6) for w in self.weights_]}
 
+    def _restore(self, state: dict[str, Any]) -> None:
+        super()._restore(state)
+        self.weights_ = np.array(state["weights"], dtype=np.float64)
 
-class GreedySelection(_Combiner):
+
+@register
+class GreedySelection(VotingCombiner):
     """Caruana et al. (2004) ensemble selection with replacement.
 
     Args:
@@ -154,6 +352,7 @@ class GreedySelection(_Combiner):
     """
 
     name = "greedy"
+    _PARAMS = ("rounds",)
 
     def __init__(self, rounds: int = 25) -> None:
         self.rounds = rounds
@@ -177,19 +376,43 @@ class GreedySelection(_Combiner):
 
     def predict_proba(self, stack: np.ndarray) -> np.ndarray:
         """Weighted mean with the selection's multiplicities."""
-        return np.tensordot(self.weights_, self._check_fitted(stack), axes=1)
+        stack = self._check_fitted(stack)
+        return np.tensordot(self.weights_, stack, axes=1)
 
     def state(self) -> dict[str, Any]:
         """Chosen members' multiplicities and the resulting weights."""
         return super().state() | {
-            "rounds": self.rounds,
             "counts": [int(c) for c in self.counts_],
             "weights": [round(float(w), 6) for w in self.weights_],
         }
 
+    def _restore(self, state: dict[str, Any]) -> None:
+        super()._restore(state)
+        self.counts_ = np.array(state["counts"], dtype=np.int64)
+        self.weights_ = np.array(state["weights"], dtype=np.float64)
+
+
+def combiner_from_json(text: str) -> VotingCombiner:
+    """Rebuild a fitted voting combiner from :meth:`VotingCombiner.to_json` output.
+
+    Raises:
+        ConfigError: the JSON names no registered voting combiner.
+    """
+    payload = json.loads(text)
+    kind = payload.get("kind")
+    voting = {
+        name: cls for name, cls in registered_combiners().items() if issubclass(cls, VotingCombiner)
+    }
+    if kind not in voting:
+        raise ConfigError(f"unknown combiner {kind!r}. Choose from {sorted(voting)}")
+    return voting[kind].from_state(payload)
+
 
 class TemperatureScaling:
-    """One temperature per member: ``softmax(log p / T)``, ``T`` minimising the val log loss."""
+    """One temperature per member: ``softmax(log p / T)``, ``T`` minimising the val log loss.
+
+    Build it with :meth:`fit`, or from saved values with :meth:`from_temperatures`.
+    """
 
     def fit(self, stack: np.ndarray, labels: np.ndarray) -> TemperatureScaling:
         """Fit each member's temperature on the ``val`` split."""
@@ -206,10 +429,30 @@ class TemperatureScaling:
         self.temperatures_ = np.array(temperatures)
         return self
 
+    @classmethod
+    def from_temperatures(cls, temperatures: list[float] | np.ndarray) -> TemperatureScaling:
+        """A fitted scaler with the given temperatures (one per member, each > 0).
+
+        Raises:
+            ConfigError: a temperature is not positive.
+        """
+        values = np.asarray(temperatures, dtype=np.float64)
+        if values.ndim != 1 or not (values > 0).all():
+            raise ConfigError(f"temperatures must be positive numbers. Received: {temperatures}")
+        scaler = cls()
+        scaler.temperatures_ = values
+        return scaler
+
+    def state(self) -> dict[str, Any]:
+        """The temperatures as JSON-ready values (rounded to 6 decimals)."""
+        if not hasattr(self, "temperatures_"):
+            raise NotFittedError(type(self).__name__)
+        return {"temperatures": [round(float(t), 6) for t in self.temperatures_]}
+
     def transform(self, stack: np.ndarray) -> np.ndarray:
         """Calibrated probabilities, same shape as ``stack``."""
         if not hasattr(self, "temperatures_"):
-            raise ConfigError("TemperatureScaling is not fitted yet: call fit() first")
+            raise NotFittedError(type(self).__name__)
         stack = _check_stack(stack)
         if stack.shape[0] != len(self.temperatures_):
             raise ConfigError(
@@ -224,21 +467,3 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exponentials = np.exp(shifted)
     return exponentials / exponentials.sum(axis=-1, keepdims=True)
-
-
-COMBINERS = {cls.name: cls for cls in (HardVote, SoftVote, WeightedSoftVote, GreedySelection)}
-
-
-def combiner_from_json(text: str) -> _Combiner:
-    """Rebuild a fitted combiner from :meth:`_Combiner.to_json` output."""
-    payload = json.loads(text)
-    kind = payload.get("kind")
-    if kind not in COMBINERS:
-        raise ConfigError(f"unknown combiner {kind!r}. Choose from {sorted(COMBINERS)}")
-    combiner = COMBINERS[kind]() if kind != "greedy" else GreedySelection(payload["rounds"])
-    combiner.n_members_ = payload["n_members"]
-    if "weights" in payload:
-        combiner.weights_ = np.array(payload["weights"], dtype=np.float64)
-    if "counts" in payload:
-        combiner.counts_ = np.array(payload["counts"], dtype=np.int64)
-    return combiner

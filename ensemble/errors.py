@@ -1,4 +1,10 @@
-"""Errors that the command line reports as one line (exit code 2) instead of a traceback."""
+"""The package's errors, split by whose fault they are.
+
+:class:`EnsembleError` and its subclasses are caused by the user's input or configuration: the
+command line prints them as one line and exits with code 2. :class:`NotFittedError` is a bug in
+the calling code (a fitted-state method called before ``fit``); it is deliberately *not* an
+:class:`EnsembleError`, so the command line shows its traceback instead of blaming the input.
+"""
 
 
 class EnsembleError(Exception):
@@ -19,3 +25,17 @@ class ConfigError(EnsembleError):
 
 class RunError(EnsembleError):
     """A run directory is missing something, or does not match the data or the code."""
+
+
+class NotFittedError(RuntimeError):
+    """A combiner or scaler was used before it was fitted: a bug in the code that called it.
+
+    Args:
+        what: the class that is not fitted, e.g. ``"SoftVote"``.
+    """
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what} is not fitted yet: call fit() first (or load a fitted one). This is a bug "
+            "in the code that called it, not a problem with your input; please report it."
+        )

@@ -1,15 +1,16 @@
 """One forward pass per member gives both its class probabilities and its pooled features.
 
 :func:`cached_member_outputs` keeps them per member and split in the run directory
-(``features/<member>/<split>.npz`` plus a JSON key), and recomputes them whenever the member's
-model file or the split changed.
+(``features/<member>/<split>.npz`` plus a JSON key; ``<split>-tta.npz`` for the outputs averaged
+over the 8 dihedral views), and recomputes them whenever the member's model file or the split
+changed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-from pathlib import Path
 
 import numpy as np
 
@@ -68,36 +69,48 @@ def average_over_views(forward, images: np.ndarray, tta: bool) -> tuple[np.ndarr
     return outputs / np.where(totals > 0, totals, 1.0), features
 
 
-def cached_member_outputs(run, member: str, split_name: str) -> dict[str, np.ndarray]:
+def cached_member_outputs(
+    run, member: str, split_name: str, *, tta: bool = False, model_sha256: str | None = None
+) -> dict[str, np.ndarray]:
     """Probabilities, features, ids and labels of one member on one split, cached in the run.
+
+    Args:
+        run: the run with its data (:class:`ensemble.run.Run`); pixels are decoded only when
+            the cache is cold.
+        member: member name.
+        split_name: ``"val"``, ``"blend"``, ...
+        tta: average over the 8 dihedral views (cached apart from the plain outputs).
+        model_sha256: the member's model hash when the caller has it already (saves a read).
 
     Returns:
         ``{"ids", "labels", "probabilities", "features"}`` in the split's id order.
     """
-    model_path = run.member_dir(member) / "model.keras"
+    directory = run.directory
+    model_path = directory.model_path(member)
     ids = run.split.ids(split_name)
     key = {
         "member": member,
-        "model_sha256": file_sha256(model_path),
+        "model_sha256": model_sha256 or file_sha256(model_path),
         "split": split_name,
         "ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
     }
-    folder = Path(run.root) / "features" / member
-    data_path, key_path = folder / f"{split_name}.npz", folder / f"{split_name}.json"
+    if tta:  # only then: the key of plain outputs stays as earlier versions wrote it
+        key["tta"] = True
+    folder = directory.features_dir(member)
+    stem = f"{split_name}-tta" if tta else split_name
+    data_path, key_path = folder / f"{stem}.npz", folder / f"{stem}.json"
     if data_path.is_file() and key_path.is_file() and json.loads(key_path.read_text()) == key:
         with np.load(data_path, allow_pickle=False) as cached:
             return {name: cached[name] for name in cached.files}
     model = load_keras_model(model_path)
     images, labels = run.images(split_name, model.input_shape[1])
-    probabilities, features = member_outputs(model, images)
+    probabilities, features = member_outputs(model, images, tta=tta)
     result = {
         "ids": np.array(ids),
         "labels": labels,
         "probabilities": probabilities,
         "features": features,
     }
-    import io
-
     buffer = io.BytesIO()
     np.savez(buffer, **result)
     atomic_write_bytes(data_path, buffer.getvalue())

@@ -1,160 +1,120 @@
 """``ensemble fit-stacker``: fit every combiner of a run on its ``blend`` split.
 
-Steps: each member's probabilities and pooled features on ``val`` and ``blend`` (one forward
-pass, cached); one temperature per member fitted on ``val``; the voting combiners, greedy
-selection and the XGBoost stacker fitted on ``blend``; the default combiner chosen by
-cross-validated accuracy inside ``blend`` (an in-sample score would favour the combiners with
-the most parameters). Everything is written under ``runs/NAME/combiners/`` as JSON, XGBoost's
-own format and ``.npy``.
+Steps, one function each: the members' probabilities and pooled features on ``val`` and
+``blend`` (one forward pass, cached; with ``tta`` averaged over the 8 dihedral views, the same
+outputs the combiners will later be applied to); one temperature per member fitted on ``val``;
+every registered combiner (:func:`ensemble.combiners.registered_combiners`: the voting
+combiners, greedy selection, the XGBoost stacker) fitted on ``blend``; the default combiner
+chosen by cross-validated accuracy inside ``blend`` (an in-sample score would favour the
+combiners with the most parameters). Everything is written under ``runs/NAME/combiners/`` as
+JSON, XGBoost's own format and ``.npy``; the :class:`~ensemble.selection.Selection`
+(``selection.json``) is written last and vouches for the rest with their SHA-256.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 
-from ensemble.combiners import (
-    GreedySelection,
-    HardVote,
-    SoftVote,
-    TemperatureScaling,
-    WeightedSoftVote,
-)
-from ensemble.errors import RunError
+from ensemble.combiners import Blend, MemberOutputs, TemperatureScaling, registered_combiners
 from ensemble.features import cached_member_outputs
-from ensemble.fileio import atomic_write_json, atomic_write_text
+from ensemble.fileio import atomic_write_json
 from ensemble.images import file_sha256
-from ensemble.stacker import Stacker, blend_folds
-from ensemble.training import is_finished
-
-#: Files fit-stacker writes whose SHA-256 is recorded in selection.json and checked on load.
-COMBINER_FILES = (
-    "temperatures.json",
-    "hard.json",
-    "soft.json",
-    "weighted.json",
-    "greedy.json",
-    "stacker.ubj",
-    "stacker_pca.npy",
-    "stacker.json",
-)
-VOTERS = {
-    "hard": HardVote,
-    "soft": SoftVote,
-    "weighted": WeightedSoftVote,
-    "greedy": GreedySelection,
-}
+from ensemble.run import Run, RunDir
+from ensemble.selection import TEMPERATURES, Selection
+from ensemble.stacker import blend_folds
 
 
-def trained_members(run) -> list[str]:
-    """Members of the run's pipeline, all finished.
+def fit_combiners(run: Run, seed: int = 0, tta: bool = False) -> Selection:
+    """Fit temperatures and every registered combiner on ``blend``; choose a default.
 
-    Raises:
-        RunError: a member is not trained yet (the message names it and the command to run).
-    """
-    names = run.manifest["members"]
-    missing = [name for name in names if not is_finished(run.member_dir(name))]
-    if missing:
-        raise RunError(
-            f"members not trained yet in {run.root}: {missing}. Run `ensemble train-members` "
-            "first (and let it finish)."
-        )
-    return names
-
-
-def member_hashes(run_root: Path, names: list[str]) -> dict[str, str]:
-    """SHA-256 of each member's ``model.keras`` in the run at ``run_root``."""
-    return {name: file_sha256(Path(run_root) / "members" / name / "model.keras") for name in names}
-
-
-def fit_combiners(run, seed: int = 0) -> dict:
-    """Fit temperatures, voting combiners, greedy selection and the stacker; choose a default.
+    Args:
+        run: the run with its data (pixels are decoded only for outputs not cached yet).
+        seed: seeds the blend cross-validation folds and the combiners that draw numbers.
+        tta: fit on member outputs averaged over the 8 dihedral views; apply them with
+            ``--tta`` too.
 
     Returns:
-        The selection summary written to ``combiners/selection.json``.
+        The selection written to ``combiners/selection.json``.
+
+    Raises:
+        RunError: a member is not trained yet.
     """
-    names = trained_members(run)
-    outputs = {
-        split: {name: cached_member_outputs(run, name, split) for name in names}
-        for split in ("val", "blend")
-    }
-    val_labels = outputs["val"][names[0]]["labels"]
-    blend = outputs["blend"]
+    directory = run.directory
+    names = directory.trained_members()
+    hashes = directory.model_hashes(names)
+    val = _member_outputs(run, names, "val", tta, hashes)
+    blend = _member_outputs(run, names, "blend", tta, hashes)
+    val_labels = val[names[0]]["labels"]
     labels = blend[names[0]]["labels"]
-    ids = [str(i) for i in blend[names[0]]["ids"]]
-    folder = Path(run.root) / "combiners"
-    hashes = member_hashes(run.root, names)
 
-    scaler = TemperatureScaling().fit(
-        np.stack([outputs["val"][n]["probabilities"] for n in names]), val_labels
+    scaler = TemperatureScaling().fit(_stack(val, names), val_labels)
+    directory.combiners_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(directory.combiners_dir / TEMPERATURES, {"members": names, **scaler.state()})
+    raw = _stack(blend, names)
+    fitting_set = Blend(
+        outputs=MemberOutputs(
+            probabilities=raw,
+            calibrated=scaler.transform(raw),
+            features=tuple(blend[name]["features"] for name in names),
+        ),
+        labels=labels,
+        ids=[str(i) for i in blend[names[0]]["ids"]],
+        split_of=run.split.assignment,
+        folds=blend_folds(labels, seed),
     )
-    calibrated = scaler.transform(np.stack([blend[n]["probabilities"] for n in names]))
-    atomic_write_json(
-        folder / "temperatures.json",
-        {"members": names, "temperatures": [round(float(t), 6) for t in scaler.temperatures_]},
-    )
-    folds = blend_folds(labels, seed)
-    cv_accuracy = {}
-    for kind, cls in VOTERS.items():
-        combiner = cls().fit(calibrated, labels)
-        atomic_write_text(folder / f"{kind}.json", combiner.to_json() + "\n")
-        correct = 0
-        for fit_rows, held_rows in folds:
-            fold_model = cls().fit(calibrated[:, fit_rows], labels[fit_rows])
-            correct += int(
-                (fold_model.predict(calibrated[:, held_rows]) == labels[held_rows]).sum()
-            )
-        cv_accuracy[kind] = round(correct / len(labels), 6)
-    for name, member_probabilities in zip(names, calibrated, strict=True):
+    cv_accuracy, files = _fit_every_combiner(directory, fitting_set, names, hashes, seed)
+    for name, member_probabilities in zip(names, fitting_set.outputs.calibrated, strict=True):
         cv_accuracy[name] = round(float((member_probabilities.argmax(1) == labels).mean()), 6)
-
-    stacker = Stacker(names, with_probabilities=True, seed=seed)
-    stacker.fit(
-        [blend[n]["features"] for n in names],
-        [blend[n]["probabilities"] for n in names],
-        labels,
-        ids,
-        run.split.assignment,
-    )
-    stacker.save(folder, hashes, run.manifest["classes"])
-    cv_accuracy["stack"] = max(stacker.cv_scores_.values())
-    default = max(cv_accuracy, key=lambda k: (cv_accuracy[k], k in VOTERS or k == "stack"))
-    selection = {
-        "members": names,
-        "member_model_sha256": hashes,
-        "cv_accuracy_on_blend": cv_accuracy,
-        "default_combiner": default,
-        "n_blend": len(labels),
-        "artifact_sha256": {
-            path.name: file_sha256(path)
-            for path in sorted(folder.iterdir())
-            if path.is_file() and path.name in COMBINER_FILES
+    combiners = list(registered_combiners())
+    selection = Selection(
+        members=names,
+        member_model_sha256=hashes,
+        combiners=combiners,
+        cv_accuracy_on_blend=cv_accuracy,
+        default_combiner=choose_default(cv_accuracy, combiners),
+        n_blend=len(labels),
+        tta=tta,
+        artifact_sha256={
+            name: file_sha256(directory.combiners_dir / name) for name in sorted(files)
         },
+    )
+    selection.write(directory)
+    return selection
+
+
+def choose_default(cv_accuracy: dict[str, float], combiners: list[str]) -> str:
+    """The highest cross-validated blend accuracy; ties go to a combiner, then the earlier one.
+
+    Args:
+        cv_accuracy: combiner or member name → cross-validated blend accuracy, in order.
+        combiners: which of the names are combiners (the rest are members).
+    """
+    order = list(cv_accuracy)
+    return min(order, key=lambda k: (-cv_accuracy[k], k not in combiners, order.index(k)))
+
+
+def _member_outputs(
+    run: Run, names: list[str], split_name: str, tta: bool, hashes: dict[str, str]
+) -> dict[str, dict]:
+    return {
+        name: cached_member_outputs(run, name, split_name, tta=tta, model_sha256=hashes[name])
+        for name in names
     }
-    atomic_write_json(folder / "selection.json", selection)  # last: marks the combiners fitted
-    return selection
 
 
-def load_selection(run_root: Path) -> dict:
-    """The fitted combiners' summary; refuses if members changed since fitting."""
-    path = Path(run_root) / "combiners" / "selection.json"
-    if not path.is_file():
-        raise RunError(f"no fitted combiners in {run_root}. Run `ensemble fit-stacker` first.")
-    selection = json.loads(path.read_text())
-    current = member_hashes(run_root, selection["members"])
-    if current != selection["member_model_sha256"]:
-        changed = [n for n in current if current[n] != selection["member_model_sha256"].get(n)]
-        raise RunError(
-            f"members changed since the combiners were fitted: {changed}. "
-            "Run `ensemble fit-stacker` again."
-        )
-    for name, digest in selection.get("artifact_sha256", {}).items():
-        artifact = Path(run_root) / "combiners" / name
-        if not artifact.is_file() or file_sha256(artifact) != digest:
-            raise RunError(
-                f"combiner file {artifact} is missing, changed or truncated since fit-stacker "
-                "wrote it. Run `ensemble fit-stacker` again."
-            )
-    return selection
+def _stack(outputs: dict[str, dict], names: list[str]) -> np.ndarray:
+    return np.stack([outputs[name]["probabilities"] for name in names])
+
+
+def _fit_every_combiner(
+    directory: RunDir, blend: Blend, names: list[str], hashes: dict[str, str], seed: int
+) -> tuple[dict[str, float], list[str]]:
+    """Fit and save each registered combiner; its cross-validated accuracy and files."""
+    cv_accuracy: dict[str, float] = {}
+    files = [TEMPERATURES]
+    for name, cls in registered_combiners().items():
+        combiner = cls.create(names, seed).fit_blend(blend)
+        combiner.save(directory.combiners_dir, member_hashes=hashes, classes=directory.classes)
+        cv_accuracy[name] = combiner.cross_validated_accuracy(blend)
+        files += cls.files()
+    return cv_accuracy, files

@@ -46,6 +46,13 @@ def per_class_metrics(labels: np.ndarray, predicted: np.ndarray, n_classes: int)
     }
 
 
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts ``(n_classes, n_classes)``: row = true class, column = predicted class."""
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (labels, predicted), 1)
+    return matrix
+
+
 def bootstrap_intervals(
     labels: np.ndarray,
     predicted: np.ndarray,

@@ -16,22 +16,19 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ensemble.artifacts import load_keras_model
-from ensemble.combiners import TemperatureScaling, combiner_from_json
 from ensemble.data import SYSTEM_FILES
 from ensemble.errors import ConfigError
-from ensemble.features import average_over_views, feature_model
 from ensemble.fileio import atomic_write_text
-from ensemble.fitting import VOTERS, load_selection
+from ensemble.fitted import FittedEnsemble
 from ensemble.images import UnreadableImage, crop_and_resize, decode_image
 from ensemble.progress import progress
-from ensemble.run import read_manifest
 
 FIXED_COLUMNS = ("path", "prediction", "confidence", "agreement", "abstain", "error")
 
@@ -71,101 +68,6 @@ class Predictions:
         return json.dumps(self.rows, indent=1) + "\n"
 
 
-class Predictor:
-    """A fitted run, loaded once, that classifies batches of decoded images.
-
-    Args:
-        run_root: run directory with trained members and fitted combiners.
-        combiner: ``stack``, ``hard``, ``soft``, ``weighted``, ``greedy``, ``ovr`` or a member
-            name; ``None`` = the default chosen on ``blend`` by fit-stacker.
-        tta: average each member over the 8 dihedral views.
-    """
-
-    def __init__(self, run_root: Path, combiner: str | None = None, tta: bool = False) -> None:
-
-        self.root = Path(run_root)
-        self.classes = read_manifest(self.root)["classes"]
-        selection = load_selection(self.root)
-        self.members = selection["members"]
-        choices = [*VOTERS, "stack", *self.members]
-        ovr = [m for m in self.members if _member_kind(self.root, m) == "ovr"]
-        if ovr:
-            choices.append("ovr")
-        self.combiner = combiner or selection["default_combiner"]
-        if self.combiner not in choices:
-            raise ConfigError(f"unknown combiner {self.combiner!r}. Choose from {choices}")
-        if self.combiner == "ovr":
-            self.combiner = ovr[0]
-        self.tta = tta
-        self.models = {
-            name: load_keras_model(self.root / "members" / name / "model.keras")
-            for name in self.members
-        }
-        temperatures = json.loads((self.root / "combiners" / "temperatures.json").read_text())
-        self.scaler = TemperatureScaling()
-        self.scaler.temperatures_ = np.array(temperatures["temperatures"])
-        self.voter = None
-        self.stacker = None
-        if self.combiner in VOTERS:
-            text = (self.root / "combiners" / f"{self.combiner}.json").read_text()
-            self.voter = combiner_from_json(text)
-        elif self.combiner == "stack":
-            from ensemble.fitting import member_hashes
-            from ensemble.stacker import Stacker
-
-            self.stacker = Stacker.load(
-                self.root / "combiners", member_hashes(self.root, self.members)
-            )
-        self.forward = {name: feature_model(model) for name, model in self.models.items()}
-        self.sizes = {name: model.input_shape[1] for name, model in self.models.items()}
-
-    def _forward(self, name: str, images: np.ndarray, batch_size: int) -> list[np.ndarray]:
-        """One padded forward pass of member ``name``: ``[probabilities, pooled features]``."""
-        padded = _pad_to_multiple(images, batch_size)
-        outputs = self.forward[name].predict(padded, batch_size=batch_size, verbose=0)
-        return [output[: len(images)] for output in outputs]
-
-    def predict_arrays(self, images: dict[int, np.ndarray], batch_size: int = 256) -> dict:
-        """Classify images already decoded at each member's size (``size → (N, S, S, 3)``).
-
-        Returns:
-            ``{"probabilities": (N, K), "votes": (members, N), "member_probabilities": ...}``.
-        """
-        probabilities, features = [], []
-        for name in self.members:
-            member_probabilities, member_features = average_over_views(
-                lambda view, name=name: self._forward(name, view, batch_size),
-                images[self.sizes[name]],
-                self.tta,
-            )
-            probabilities.append(member_probabilities)
-            features.append(member_features.astype(np.float32))
-        stack = self.scaler.transform(np.stack(probabilities))
-        if self.voter is not None:
-            combined = self.voter.predict_proba(stack)
-        elif self.stacker is not None:
-            combined = self.stacker.predict_proba(features, probabilities)
-        else:
-            combined = stack[self.members.index(self.combiner)]
-        return {
-            "probabilities": combined,
-            "votes": stack.argmax(axis=2),
-            "member_probabilities": stack,
-        }
-
-
-def _pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
-    """Pad a batch with blank images to a multiple of ``multiple`` rows.
-
-    Every forward pass then sees one batch shape, so TensorFlow traces the model once per
-    process instead of once per odd-sized last batch (a trace of ResNet50 costs seconds).
-    """
-    missing = -len(images) % multiple
-    if not missing:
-        return images
-    return np.concatenate([images, np.zeros((missing, *images.shape[1:]), images.dtype)])
-
-
 def predict_folder(
     folder: Path,
     run_root: Path,
@@ -175,15 +77,26 @@ def predict_folder(
     batch_size: int = 256,
     min_agreement: float = 0.5,
     min_confidence: float = 0.5,
-    predictor: Predictor | None = None,
+    ensemble: FittedEnsemble | None = None,
 ) -> Predictions:
     """Predict every file under ``folder`` (recursively); see the module docstring.
 
-    ``predictor`` reuses an already loaded run (``run_root``, ``combiner`` and ``tta`` are then
-    ignored). ``Predictions.seconds`` counts from the first file, after the run is loaded.
+    Args:
+        folder: the images, searched recursively (folder links are not followed).
+        run_root: run directory with trained members and fitted combiners.
+        combiner: a combiner, ``ovr`` or a member name; ``None`` = the run's default.
+        tta: average each member over the 8 dihedral views.
+        batch_size: images per forward pass.
+        min_agreement: abstain under this share of members voting for the prediction.
+        min_confidence: abstain under this combiner probability.
+        ensemble: an already loaded ensemble (``run_root`` and ``combiner`` are then ignored).
+
+    Returns:
+        One row per file; ``Predictions.seconds`` counts from the first file, after loading.
 
     Raises:
         ConfigError: the folder is missing or holds no files, or a threshold is out of range.
+        RunError: the run cannot be used (see :meth:`FittedEnsemble.load`).
     """
     for name, value in (("min_agreement", min_agreement), ("min_confidence", min_confidence)):
         if not 0.0 <= value <= 1.0:
@@ -194,11 +107,48 @@ def predict_folder(
     files = list_files(folder)
     if not files:
         raise ConfigError(f"no files found under {folder}")
-    predictor = predictor or Predictor(run_root, combiner, tta)
-    result = Predictions(predictor.members)
+    ensemble = ensemble or FittedEnsemble.load(run_root, combiner)
+    warning = ensemble.tta_warning(tta)
+    if warning:
+        print(warning, file=sys.stderr)
+    result = Predictions(ensemble.members)
     began = time.perf_counter()
-    sizes = sorted(set(predictor.sizes.values()))
+    sizes = sorted({ensemble.input_size(name) for name in ensemble.members})
     chunk = max(batch_size, 1024)  # fewer, larger forward passes: less per-call overhead
+    for batch, outcomes in _decoded_chunks(files, sizes, chunk):
+        rows = [_row(result, path.relative_to(folder).as_posix()) for path in batch]
+        good = []
+        for row, outcome in zip(rows, outcomes, strict=True):
+            if isinstance(outcome, str):
+                row["error"] = outcome
+                print(f"skipped {row['path']}: {outcome}", file=sys.stderr)
+            else:
+                good.append((row, outcome))
+        if good:
+            images = {size: np.stack([outcome[size] for _, outcome in good]) for size in sizes}
+            outputs = ensemble.member_outputs(images, tta=tta, batch_size=batch_size)
+            probabilities = ensemble.combine(outputs)
+            for index, (row, _) in enumerate(good):
+                _fill_row(
+                    row,
+                    probabilities[index],
+                    outputs.votes[:, index],
+                    ensemble,
+                    min_agreement,
+                    min_confidence,
+                )
+        result.rows.extend(rows)
+    result.seconds = time.perf_counter() - began
+    return result
+
+
+def _decoded_chunks(
+    files: list[Path], sizes: list[int], chunk: int
+) -> Iterator[tuple[list[Path], list[dict[int, np.ndarray] | str]]]:
+    """Files in chunks, each decoded at every size (or the reason it cannot be).
+
+    The next chunk is decoded in the background while the members run on the current one.
+    """
 
     def decode(path: Path) -> dict[int, np.ndarray] | str:
         try:
@@ -212,47 +162,32 @@ def predict_folder(
         upcoming = [pool.submit(decode, path) for path in chunks[0]]
         for number, batch in enumerate(progress(chunks, desc="predicting")):
             current = upcoming
-            if number + 1 < len(chunks):  # decode the next chunk while the members run
+            if number + 1 < len(chunks):
                 upcoming = [pool.submit(decode, path) for path in chunks[number + 1]]
-            decoded: dict[int, list[np.ndarray]] = {size: [] for size in sizes}
-            good: list[int] = []
-            rows = []
-            for position, (path, future) in enumerate(zip(batch, current, strict=True)):
-                outcome = future.result()
-                relative = path.relative_to(folder).as_posix()
-                row = {column: "" for column in result.columns()} | {"path": relative}
-                if isinstance(outcome, str):
-                    row["error"] = outcome
-                    print(f"skipped {relative}: {outcome}", file=sys.stderr)
-                else:
-                    for size in sizes:
-                        decoded[size].append(outcome[size])
-                    good.append(position)
-                rows.append(row)
-            if good:
-                arrays = {size: np.stack(decoded[size]) for size in sizes}
-                outcome = predictor.predict_arrays(arrays, batch_size)
-                for index, position in enumerate(good):
-                    _fill_row(
-                        rows[position], outcome, index, predictor, min_agreement, min_confidence
-                    )
-            result.rows.extend(rows)
-    result.seconds = time.perf_counter() - began
-    return result
+            yield batch, [future.result() for future in current]
 
 
-def _fill_row(row, outcome, index, predictor, min_agreement, min_confidence) -> None:
-    probabilities = outcome["probabilities"][index]
+def _row(result: Predictions, relative: str) -> dict[str, str]:
+    return {column: "" for column in result.columns()} | {"path": relative}
+
+
+def _fill_row(
+    row: dict[str, str],
+    probabilities: np.ndarray,
+    votes: np.ndarray,
+    ensemble: FittedEnsemble,
+    min_agreement: float,
+    min_confidence: float,
+) -> None:
     predicted = int(probabilities.argmax())
-    votes = outcome["votes"][:, index]
     agreement = float((votes == predicted).mean())
     confidence = float(probabilities[predicted])
-    row["prediction"] = predictor.classes[predicted]
+    row["prediction"] = ensemble.classes[predicted]
     row["confidence"] = f"{confidence:.4f}"
     row["agreement"] = f"{agreement:.3f}"
     row["abstain"] = str(agreement < min_agreement or confidence < min_confidence).lower()
-    for name, vote in zip(predictor.members, votes, strict=True):
-        row[f"vote_{name}"] = predictor.classes[int(vote)]
+    for name, vote in zip(ensemble.members, votes, strict=True):
+        row[f"vote_{name}"] = ensemble.classes[int(vote)]
 
 
 def list_files(folder: Path) -> list[Path]:
@@ -270,8 +205,3 @@ def list_files(folder: Path) -> list[Path]:
 def write_predictions(predictions: Predictions, out: Path, as_json: bool) -> None:
     """Write CSV (or JSON) atomically: an interrupted run leaves the complete file or none."""
     atomic_write_text(out, predictions.to_json() if as_json else predictions.to_csv())
-
-
-def _member_kind(root: Path, name: str) -> str:
-    spec = root / "members" / name / "spec.json"
-    return json.loads(spec.read_text()).get("kind", "cnn") if spec.is_file() else "cnn"

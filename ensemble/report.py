@@ -4,165 +4,49 @@ For each model: accuracy, balanced accuracy and macro-F1 with bootstrap 95 % int
 per-class precision / recall / F1, expected calibration error, a confusion matrix (counts and
 row-normalised); McNemar's test for hard voting vs stacking and for each combiner vs the best
 single member; the coverage–accuracy curve when images with low member agreement are referred
-to a human; a summary table in the spirit of the report's Table 1. Written as ``report.md``,
-``metrics.json`` and PNGs.
+to a human; a summary table in the spirit of the report's Table 1. Written as ``metrics.json``
+(everything, including what the member table shows) and, rendered from it alone by
+:mod:`ensemble.report_render`, ``report.md`` and PNGs.
+
+The steps, in order: what is scored (:func:`report_on_split`, :func:`report_on_dataset`), the
+members' outputs on it (cached, or :func:`outputs_for_images`), the seeded shifted copy
+(:func:`shifted_images`), the scores (:func:`score_models`, :func:`significance_tests`,
+:func:`score_shifted`), the members' details (:func:`member_details`), and the files
+(:func:`build_report`).
 """
 
 from __future__ import annotations
 
-import json
+import sys
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from ensemble.combiners import TemperatureScaling, combiner_from_json
+from ensemble.combiners import MemberOutputs
+from ensemble.data import Dataset
+from ensemble.errors import DataError
 from ensemble.fileio import atomic_write_json, atomic_write_text
-from ensemble.fitting import VOTERS, load_selection, member_hashes
+from ensemble.fitted import FittedEnsemble
 from ensemble.metrics import (
     bootstrap_intervals,
     calibration,
+    confusion_matrix,
     coverage_accuracy,
     mcnemar,
     per_class_metrics,
     summary_metrics,
 )
 from ensemble.report_render import render_markdown, write_plots
-from ensemble.stacker import Stacker
+from ensemble.run import Run, RunDir
 
-COMBINERS = (*VOTERS, "stack")
-
-
-def combine_outputs(run_root: Path, outputs: dict[str, dict]) -> dict[str, np.ndarray]:
-    """Probabilities of every member (temperature-scaled) and every fitted combiner.
-
-    Args:
-        run_root: run with fitted combiners.
-        outputs: member name → ``{"probabilities", "features"}`` on the same images.
-    """
-    selection = load_selection(run_root)
-    names = selection["members"]
-    folder = Path(run_root) / "combiners"
-    scaler = TemperatureScaling()
-    scaler.temperatures_ = np.array(
-        json.loads((folder / "temperatures.json").read_text())["temperatures"]
-    )
-    raw = [outputs[name]["probabilities"] for name in names]
-    stack = scaler.transform(np.stack(raw))
-    result = {name: stack[index] for index, name in enumerate(names)}
-    for kind in VOTERS:
-        result[kind] = combiner_from_json((folder / f"{kind}.json").read_text()).predict_proba(
-            stack
-        )
-    stacker = Stacker.load(folder, member_hashes(run_root, names))
-    result["stack"] = stacker.predict_proba([outputs[n]["features"] for n in names], raw)
-    return result
-
-
-def build_report(
-    run_root: Path,
-    outputs: dict[str, dict],
-    labels: np.ndarray,
-    classes: list[str],
-    out: Path,
-    title: str,
-    shifted: dict[str, dict] | None = None,
-    shift_kinds: list[str] | None = None,
-    tta: bool = False,
-    skipped: list[dict] | None = None,
-) -> dict:
-    """Compute every metric, write ``report.md``, ``metrics.json`` and the PNGs into ``out``.
-
-    Args:
-        run_root: run with fitted combiners.
-        outputs: member name → ``{"probabilities", "features"}`` (and optionally
-            ``"images_per_second"``) on the images.
-        labels: true class index of each image.
-        classes: class names.
-        out: output folder.
-        title: first heading of ``report.md``.
-        shifted: member outputs on the shifted copy of the same images, if any.
-        shift_kinds: the shift applied to each image of the shifted copy.
-        tta: whether the outputs were averaged over the 8 dihedral views (shown in the report).
-        skipped: images left out because they could not be decoded (``{"id", "reason"}``).
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    selection = load_selection(run_root)
-    names = selection["members"]
-    probabilities = combine_outputs(run_root, outputs)
-    n_classes = len(classes)
-    votes = np.stack([probabilities[name].argmax(1) for name in names])
-    models = {}
-    for model, probs in probabilities.items():
-        predicted = probs.argmax(1)
-        agreement = (votes == predicted).mean(axis=0)
-        models[model] = {
-            **summary_metrics(labels, predicted, n_classes, present_only=True),
-            "ci95": bootstrap_intervals(labels, predicted, n_classes),
-            "per_class": per_class_metrics(labels, predicted, n_classes),
-            "calibration": calibration(labels, probs),
-            "coverage_accuracy": coverage_accuracy(labels, predicted, agreement, probs.max(1)),
-            "confusion": _confusion(labels, predicted, n_classes).tolist(),
-        }
-    best_member = max(names, key=lambda name: models[name]["accuracy"])
-    best_combiner = max(COMBINERS, key=lambda name: models[name]["accuracy"])
-    tests = {
-        "hard_vs_stack": mcnemar(
-            labels, probabilities["hard"].argmax(1), probabilities["stack"].argmax(1)
-        ),
-        **{
-            f"{kind}_vs_{best_member}": mcnemar(
-                labels, probabilities[kind].argmax(1), probabilities[best_member].argmax(1)
-            )
-            for kind in COMBINERS
-        },
-    }
-    shifted_models, shifted_by_kind = {}, {}
-    if shifted is not None:
-        shifted_probabilities = combine_outputs(run_root, shifted)
-        kinds = np.array(shift_kinds if shift_kinds is not None else ["shifted"] * len(labels))
-        for model, probs in shifted_probabilities.items():
-            predicted = probs.argmax(1)
-            shifted_models[model] = summary_metrics(labels, predicted, n_classes, present_only=True)
-            shifted_by_kind[model] = {
-                str(kind): float((predicted[kinds == kind] == labels[kinds == kind]).mean())
-                for kind in dict.fromkeys(kinds)
-            }
-    timed = shifted if shifted is not None else outputs
-    speeds = {
-        name: round(float(timed[name]["images_per_second"]), 1)
-        for name in names
-        if "images_per_second" in timed[name]
-    }
-    metrics = {
-        "title": title,
-        "n_images": int(len(labels)),
-        "classes": classes,
-        "members": names,
-        "best_member": best_member,
-        "best_combiner": best_combiner,
-        "models": models,
-        "mcnemar": tests,
-        "shifted": shifted_models,
-        "shifted_by_kind": shifted_by_kind,
-        "tta": tta,
-        "prediction_images_per_second": speeds,
-        "skipped": list(skipped or []),
-    }
-    atomic_write_json(out / "metrics.json", metrics)
-    write_plots(models, classes, out)
-    atomic_write_text(out / "report.md", render_markdown(metrics, run_root))
-    return metrics
-
-
-def _confusion(labels, predicted, n_classes) -> np.ndarray:
-    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(matrix, (labels, predicted), 1)
-    return matrix
+#: The comparison the report leads with: plain voting against the stacker.
+HEADLINE = ("hard", "stack")
 
 
 def report_on_split(
-    run,
+    run: Run,
     split_name: str,
     out: Path,
     *,
@@ -179,27 +63,35 @@ def report_on_split(
         shifted: also score a seeded shifted copy of the same images.
         shift_seed: seed of the shifted copy.
         tta: average each member over the 8 dihedral views (clean and shifted images).
+
+    Returns:
+        The metrics written to ``metrics.json``.
+
+    Raises:
+        RunError: the run has no fitted combiners, or they do not match its members.
     """
     from ensemble.features import cached_member_outputs
 
-    names = load_selection(run.root)["members"]
-    sizes = {name: _member_size(run.root, name) for name in names}
+    ensemble = _load(run.directory, tta)
     images = {}
     if tta or shifted:  # cached outputs need no pixels; TTA and the shifted copy do
-        images = {size: run.images(split_name, size)[0] for size in set(sizes.values())}
+        sizes = {ensemble.input_size(name) for name in ensemble.members}
+        images = {size: run.images(split_name, size)[0] for size in sizes}
     if tta:
-        outputs = outputs_for_images(run.root, names, images, tta=True)
+        outputs = outputs_for_images(ensemble, images, tta=True)
     else:
-        outputs = {name: cached_member_outputs(run, name, split_name) for name in names}
-    labels = run.labels(split_name)
+        outputs = {
+            name: cached_member_outputs(
+                run, name, split_name, model_sha256=ensemble.member_hashes[name]
+            )
+            for name in ensemble.members
+        }
     title = f"Run `{Path(run.root).name}`: members and combiners on the {split_name} split"
     return _report_with_shift(
-        run.root,
-        names,
+        ensemble,
         images,
         outputs,
-        labels,
-        run.manifest["classes"],
+        run.labels(split_name),
         out,
         title,
         shifted=shifted,
@@ -210,7 +102,7 @@ def report_on_split(
 
 def report_on_dataset(
     run_root: Path,
-    dataset,
+    dataset: Dataset,
     out: Path,
     *,
     shifted: bool = False,
@@ -222,23 +114,23 @@ def report_on_dataset(
     The set's class names must be classes of the run (it may have fewer). Images that cannot
     be decoded are left out and listed in the report.
 
+    Returns:
+        The metrics written to ``metrics.json``.
+
     Raises:
         DataError: a class of the set is not a class of the run, or no image can be decoded.
+        RunError: the run has no fitted combiners, or they do not match its members.
     """
-    from ensemble.errors import DataError
-    from ensemble.run import read_manifest
-
-    run_classes = read_manifest(run_root)["classes"]
+    ensemble = _load(RunDir.open(run_root), tta)
+    run_classes = ensemble.classes
     unknown = [name for name in dataset.classes if name not in run_classes]
     if unknown:
         raise DataError(
             f"classes {unknown} of {dataset.root} are not classes of the run "
             f"(run classes: {run_classes}). Rename or leave out those folders."
         )
-    names = load_selection(run_root)["members"]
-    sizes = {name: _member_size(run_root, name) for name in names}
     images, failures = {}, []
-    for size in sorted(set(sizes.values())):
+    for size in sorted({ensemble.input_size(name) for name in ensemble.members}):
         images[size], _, failures = dataset.load_images(size, description=f"decoding {size}px")
     failed = {failure.id for failure in failures}
     keep = np.array([record.id not in failed for record in dataset.records])
@@ -247,15 +139,13 @@ def report_on_dataset(
     images = {size: batch[keep] for size, batch in images.items()}
     to_run = np.array([run_classes.index(name) for name in dataset.classes])
     labels = to_run[dataset.labels[keep]]
-    outputs = outputs_for_images(run_root, names, images, tta=tta)
+    outputs = outputs_for_images(ensemble, images, tta=tta)
     title = f"Run `{Path(run_root).name}`: members and combiners on {dataset.root}"
-    metrics = _report_with_shift(
-        run_root,
-        names,
+    return _report_with_shift(
+        ensemble,
         images,
         outputs,
         labels,
-        run_classes,
         out,
         title,
         shifted=shifted,
@@ -263,33 +153,27 @@ def report_on_dataset(
         tta=tta,
         skipped=[{"id": f.id, "reason": f.reason} for f in failures],
     )
-    return metrics
+
+
+def _load(run: RunDir, tta: bool) -> FittedEnsemble:
+    ensemble = FittedEnsemble.load(run)
+    warning = ensemble.tta_warning(tta)
+    if warning:
+        print(warning, file=sys.stderr)
+    return ensemble
 
 
 def _report_with_shift(
-    run_root,
-    names,
-    images,
-    outputs,
-    labels,
-    classes,
-    out,
-    title,
-    *,
-    shifted,
-    shift_seed,
-    tta,
-    skipped=(),
+    ensemble, images, outputs, labels, out, title, *, shifted, shift_seed, tta, skipped=()
 ) -> dict:
     shifted_outputs = shift_kinds = None
     if shifted:
         shifted_batches, shift_kinds = shifted_images(images, shift_seed)
-        shifted_outputs = outputs_for_images(run_root, names, shifted_batches, tta=tta)
+        shifted_outputs = outputs_for_images(ensemble, shifted_batches, tta=tta)
     return build_report(
-        run_root,
+        ensemble,
         outputs,
         labels,
-        classes,
         out,
         title,
         shifted=shifted_outputs,
@@ -320,7 +204,7 @@ def shifted_images(
 
 
 def outputs_for_images(
-    run_root: Path, members: list[str], images: dict[int, np.ndarray], *, tta: bool = False
+    ensemble: FittedEnsemble, images: dict[int, np.ndarray], *, tta: bool = False
 ) -> dict[str, dict]:
     """Each member's probabilities and pooled features on images given per input size.
 
@@ -328,14 +212,11 @@ def outputs_for_images(
         member name → ``{"probabilities", "features", "images_per_second"}``; the speed is
         that of this forward pass on this machine (with ``tta``, counting each image once).
     """
-    import time
-
-    from ensemble.artifacts import load_keras_model
     from ensemble.features import member_outputs
 
     result = {}
-    for name in members:
-        model = load_keras_model(Path(run_root) / "members" / name / "model.keras")
+    for name in ensemble.members:
+        model = ensemble.model(name)
         batch = images[model.input_shape[1]]
         start = time.perf_counter()
         probabilities, features = member_outputs(model, batch, tta=tta)
@@ -348,8 +229,173 @@ def outputs_for_images(
     return result
 
 
-def _member_size(run_root: Path, name: str) -> int:
-    spec = json.loads((Path(run_root) / "members" / name / "spec.json").read_text())
-    if spec["kind"] == "ovr":
-        return _member_size(run_root, spec["ovr"]["base_member"])
-    return int(spec["input_size"])
+def build_report(
+    ensemble: FittedEnsemble,
+    outputs: dict[str, dict],
+    labels: np.ndarray,
+    out: Path,
+    title: str,
+    shifted: dict[str, dict] | None = None,
+    shift_kinds: list[str] | None = None,
+    tta: bool = False,
+    skipped: list[dict] | None = None,
+) -> dict:
+    """Compute every metric, write ``metrics.json``, the PNGs and ``report.md`` into ``out``.
+
+    Args:
+        ensemble: the run's fitted ensemble.
+        outputs: member name → ``{"probabilities", "features"}`` (and optionally
+            ``"images_per_second"``) on the images.
+        labels: true class index of each image.
+        out: output folder.
+        title: first heading of ``report.md``.
+        shifted: member outputs on the shifted copy of the same images, if any.
+        shift_kinds: the shift applied to each image of the shifted copy.
+        tta: whether the outputs were averaged over the 8 dihedral views (shown in the report).
+        skipped: images left out because they could not be decoded (``{"id", "reason"}``).
+
+    Returns:
+        The metrics written to ``metrics.json``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names, classes = ensemble.members, ensemble.classes
+    member_stack = _as_member_outputs(ensemble, outputs)
+    probabilities = ensemble.combine_all(member_stack)
+    models = score_models(probabilities, labels, member_stack.votes, len(classes))
+    best_member = max(names, key=lambda name: models[name]["accuracy"])
+    best_combiner = max(ensemble.combiners, key=lambda name: models[name]["accuracy"])
+    shifted_models, shifted_by_kind = {}, {}
+    if shifted is not None:
+        shifted_models, shifted_by_kind = score_shifted(
+            ensemble.combine_all(_as_member_outputs(ensemble, shifted)),
+            labels,
+            shift_kinds,
+            len(classes),
+        )
+    timed = shifted if shifted is not None else outputs
+    metrics = {
+        "title": title,
+        "n_images": int(len(labels)),
+        "classes": classes,
+        "members": names,
+        "combiners": list(ensemble.combiners),
+        "member_details": member_details(ensemble.run, names),
+        "best_member": best_member,
+        "best_combiner": best_combiner,
+        "models": models,
+        "mcnemar": significance_tests(probabilities, labels, list(ensemble.combiners), best_member),
+        "shifted": shifted_models,
+        "shifted_by_kind": shifted_by_kind,
+        "shift_kinds": list(next(iter(shifted_by_kind.values()), {})),
+        "tta": tta,
+        "combiners_fitted_with_tta": ensemble.fitted_with_tta,
+        "prediction_images_per_second": {
+            name: round(float(timed[name]["images_per_second"]), 1)
+            for name in names
+            if "images_per_second" in timed[name]
+        },
+        "skipped": list(skipped or []),
+    }
+    atomic_write_json(out / "metrics.json", metrics)
+    write_plots(models, classes, out)
+    atomic_write_text(out / "report.md", render_markdown(metrics))
+    return metrics
+
+
+def score_models(
+    probabilities: dict[str, np.ndarray], labels: np.ndarray, votes: np.ndarray, n_classes: int
+) -> dict[str, dict]:
+    """Every model's scores on the same images.
+
+    Args:
+        probabilities: model name → class probabilities ``(N, K)``.
+        labels: true class index of each image.
+        votes: each member's predicted class ``(n_members, N)``, for the agreement.
+        n_classes: number of classes of the run.
+
+    Returns:
+        model name → summary metrics, bootstrap intervals, per-class scores, calibration,
+        coverage–accuracy points and the confusion matrix.
+    """
+    models = {}
+    for model, probs in probabilities.items():
+        predicted = probs.argmax(1)
+        agreement = (votes == predicted).mean(axis=0)
+        models[model] = {
+            **summary_metrics(labels, predicted, n_classes, present_only=True),
+            "ci95": bootstrap_intervals(labels, predicted, n_classes),
+            "per_class": per_class_metrics(labels, predicted, n_classes),
+            "calibration": calibration(labels, probs),
+            "coverage_accuracy": coverage_accuracy(labels, predicted, agreement, probs.max(1)),
+            "confusion": confusion_matrix(labels, predicted, n_classes).tolist(),
+        }
+    return models
+
+
+def significance_tests(
+    probabilities: dict[str, np.ndarray],
+    labels: np.ndarray,
+    combiners: list[str],
+    best_member: str,
+) -> dict[str, dict]:
+    """McNemar's test of hard voting vs stacking, and of each combiner vs the best member."""
+    first, second = HEADLINE
+    tests = {}
+    if first in probabilities and second in probabilities:
+        tests[f"{first}_vs_{second}"] = mcnemar(
+            labels, probabilities[first].argmax(1), probabilities[second].argmax(1)
+        )
+    for kind in combiners:
+        tests[f"{kind}_vs_{best_member}"] = mcnemar(
+            labels, probabilities[kind].argmax(1), probabilities[best_member].argmax(1)
+        )
+    return tests
+
+
+def score_shifted(
+    probabilities: dict[str, np.ndarray],
+    labels: np.ndarray,
+    shift_kinds: list[str] | None,
+    n_classes: int,
+) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Every model's summary scores on the shifted copy, and its accuracy per kind of shift."""
+    kinds = np.array(shift_kinds if shift_kinds is not None else ["shifted"] * len(labels))
+    summaries, by_kind = {}, {}
+    for model, probs in probabilities.items():
+        predicted = probs.argmax(1)
+        summaries[model] = summary_metrics(labels, predicted, n_classes, present_only=True)
+        by_kind[model] = {
+            str(kind): float((predicted[kinds == kind] == labels[kinds == kind]).mean())
+            for kind in dict.fromkeys(kinds)
+        }
+    return summaries, by_kind
+
+
+def member_details(run: RunDir, names: list[str]) -> dict[str, dict]:
+    """What the report's member table shows, from each member's spec and training metrics.
+
+    Stored in ``metrics.json`` so that rendering needs nothing but that file.
+    """
+    details = {}
+    for name in names:
+        spec = run.member_spec(name)
+        details[name] = {
+            "kind": spec.kind,
+            "backbone": spec.backbone,
+            "input_size": spec.input_size,
+            "weights": spec.weights,
+            "init_from": getattr(spec, "init_from", ""),
+            "base_member": spec.ovr.base_member if spec.kind == "ovr" else "",
+            "augmentation": asdict(spec.augmentation),
+            "train_seconds": run.training_metrics(name)["train_seconds"],
+        }
+    return details
+
+
+def _as_member_outputs(ensemble: FittedEnsemble, outputs: dict[str, dict]) -> MemberOutputs:
+    names = ensemble.members
+    return ensemble.calibrate(
+        np.stack([outputs[name]["probabilities"] for name in names]),
+        [outputs[name]["features"] for name in names],
+    )

@@ -1,12 +1,16 @@
 """How ``ensemble report`` looks: ``report.md`` (readable on GitHub, images inline) and PNGs.
 
-Everything here renders metrics already computed by :func:`ensemble.report.build_report`; the
-member specs and training metrics are read from the run for the summary table.
+Everything here renders the metrics :func:`ensemble.report.build_report` computed and wrote to
+``metrics.json``, and nothing else: a report can be re-rendered from that file without the run
+or its models. ``report.md`` is built section by section, one function each, in page order
+(:data:`SECTIONS`). Row and column orders come from the lists in the metrics (``members``,
+``combiners``, ``shift_kinds``), never from the order of a JSON object's keys, which
+``metrics.json`` stores sorted.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -96,10 +100,43 @@ def write_plots(models: dict, classes: list[str], out: Path) -> None:
     plt.close(figure)
 
 
-def render_markdown(metrics: dict, run_root: Path) -> str:
-    """``report.md`` from the computed ``metrics`` (see :func:`ensemble.report.build_report`)."""
-    models = metrics["models"]
-    names = metrics["members"]
+def render_markdown(metrics: dict) -> str:
+    """``report.md`` from the computed ``metrics`` (the content of ``metrics.json``).
+
+    Args:
+        metrics: what :func:`ensemble.report.build_report` returned or wrote. Files written
+            before the member details were recorded render their member table with ``-``.
+
+    Returns:
+        The markdown text, every section of :data:`SECTIONS` in order.
+    """
+    lines: list[str] = []
+    for section in SECTIONS:
+        lines += section(metrics)
+    lines.append("")
+    return "\n".join(lines)
+
+
+def model_names(metrics: dict) -> list[str]:
+    """Every scored model in report order: the members, then the combiners.
+
+    Files written before the combiners were listed give them in ``metrics.json``'s key order.
+    """
+    members = metrics["members"]
+    combiners = metrics.get("combiners") or [m for m in metrics["models"] if m not in members]
+    return [*members, *combiners]
+
+
+def _test_names(metrics: dict) -> list[str]:
+    """McNemar comparisons in report order: hard vs stack, then each combiner vs best member."""
+    tests = metrics["mcnemar"]
+    best = metrics["best_member"]
+    ordered = [name for name in ("hard_vs_stack",) if name in tests]
+    ordered += [f"{c}_vs_{best}" for c in model_names(metrics) if f"{c}_vs_{best}" in tests]
+    return ordered + [name for name in tests if name not in ordered]
+
+
+def _summary(metrics: dict) -> list[str]:
     lines = [
         f"# {metrics['title']}",
         "",
@@ -110,11 +147,24 @@ def render_markdown(metrics: dict, run_root: Path) -> str:
             if metrics.get("tta")
             else ""
         ),
+    ]
+    fitted_with_tta = metrics.get("combiners_fitted_with_tta", metrics.get("tta"))
+    if bool(fitted_with_tta) != bool(metrics.get("tta")):
+        fitted, applied = ("with", "without") if fitted_with_tta else ("without", "with")
+        advice = "report with `--tta`" if fitted_with_tta else "`ensemble fit-stacker --tta`"
+        lines += [
+            "",
+            f"Note: the combiners were fitted {fitted} test-time augmentation and are applied "
+            f"here {applied} it, so their temperatures and weights were fitted on other outputs "
+            f"than the ones they combine here ({advice} to match).",
+        ]
+    lines += [
         "",
         "| model | accuracy (95% CI) | balanced accuracy (95% CI) | macro-F1 (95% CI) | ECE |",
         "|---|---|---|---|---|",
     ]
-    for model, values in models.items():
+    for model in model_names(metrics):
+        values = metrics["models"][model]
         ci = values["ci95"]
         cells = [
             f"{values[key]:.4f} ({ci[key][0]:.4f}–{ci[key][1]:.4f})"
@@ -130,54 +180,75 @@ def render_markdown(metrics: dict, run_root: Path) -> str:
         "",
         f"Best single member: **{metrics['best_member']}**; best combiner: "
         f"**{metrics['best_combiner']}**.",
+    ]
+    return lines
+
+
+def _significance(metrics: dict) -> list[str]:
+    lines = [
         "",
         "## McNemar's exact test (same images)",
         "",
         "| comparison | only first right | only second right | p-value |",
         "|---|---|---|---|",
     ]
-    for name, test in metrics["mcnemar"].items():
+    tests = metrics["mcnemar"]
+    for name in _test_names(metrics):
+        test = tests[name]
         lines.append(
             f"| {name.replace('_vs_', ' vs ')} | {test['first_only']} | {test['second_only']} | "
             f"{test['p_value']:.4g} |"
         )
     best, member = metrics["best_combiner"], metrics["best_member"]
-    lines += [
-        "",
-        "- " + verdict("hard voting", "stacking", metrics["mcnemar"]["hard_vs_stack"]),
+    lines.append("")
+    if "hard_vs_stack" in tests:
+        lines.append("- " + verdict("hard voting", "stacking", tests["hard_vs_stack"]))
+    lines.append(
         "- "
         + verdict(
             f"the best combiner ({best})",
             f"the best single member ({member})",
-            metrics["mcnemar"][f"{best}_vs_{member}"],
-        ),
+            tests[f"{best}_vs_{member}"],
+        )
+    )
+    return lines
+
+
+def _shifted(metrics: dict) -> list[str]:
+    if not metrics["shifted"]:
+        return []
+    models = metrics["models"]
+    lines = [
+        "",
+        "## Clean versus shifted copy of the same images",
+        "",
+        "| model | clean accuracy | shifted accuracy | shifted macro-F1 |",
+        "|---|---|---|---|",
     ]
-    if metrics["shifted"]:
+    for model in [m for m in model_names(metrics) if m in metrics["shifted"]]:
+        values = metrics["shifted"][model]
+        lines.append(
+            f"| {model} | {models[model]['accuracy']:.4f} | {values['accuracy']:.4f} | "
+            f"{values['macro_f1']:.4f} |"
+        )
+    by_kind = metrics.get("shifted_by_kind", {})
+    if by_kind:
+        kinds = metrics.get("shift_kinds") or list(next(iter(by_kind.values())))
         lines += [
             "",
-            "## Clean versus shifted copy of the same images",
+            "Accuracy on the shifted copy, by shift (each image gets one shift, in turn):",
             "",
-            "| model | clean accuracy | shifted accuracy | shifted macro-F1 |",
-            "|---|---|---|---|",
+            "| model | " + " | ".join(kinds) + " |",
+            "|---|" + "---|" * len(kinds),
         ]
-        for model, values in metrics["shifted"].items():
-            lines.append(
-                f"| {model} | {models[model]['accuracy']:.4f} | {values['accuracy']:.4f} | "
-                f"{values['macro_f1']:.4f} |"
-            )
-        by_kind = metrics.get("shifted_by_kind", {})
-        if by_kind:
-            kinds = list(next(iter(by_kind.values())))
-            lines += [
-                "",
-                "Accuracy on the shifted copy, by shift (each image gets one shift, in turn):",
-                "",
-                "| model | " + " | ".join(kinds) + " |",
-                "|---|" + "---|" * len(kinds),
-            ]
-            for model, values in by_kind.items():
-                lines.append(f"| {model} | " + " | ".join(f"{values[k]:.4f}" for k in kinds) + " |")
-    lines += [
+        for model in [m for m in model_names(metrics) if m in by_kind]:
+            values = by_kind[model]
+            lines.append(f"| {model} | " + " | ".join(f"{values[k]:.4f}" for k in kinds) + " |")
+    return lines
+
+
+def _members(metrics: dict) -> list[str]:
+    lines = [
         "",
         "## Members (in the spirit of the report's Table 1)",
         "",
@@ -186,52 +257,68 @@ def render_markdown(metrics: dict, run_root: Path) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     speeds = metrics.get("prediction_images_per_second", {})
-    for name in names:
-        spec = json.loads((Path(run_root) / "members" / name / "spec.json").read_text())
-        trained = json.loads((Path(run_root) / "members" / name / "metrics.json").read_text())
-        augmentation = spec["augmentation"]
-        aug = "dihedral" if augmentation["dihedral"] else "none"
-        magnitude, per_image = (
-            augmentation["randaugment_magnitude"],
-            augmentation["randaugment_per_image"],
-        )
-        if magnitude > 0 and per_image > 0:
-            aug += f" + RandAugment {magnitude}×{per_image}"
-        if augmentation.get("corruption_probability", 0) > 0:
-            aug += f" + corruptions p={augmentation['corruption_probability']}"
-        if spec["kind"] == "ovr":
-            backbone, aug, tuning = (
-                f"one-vs-rest on {spec['ovr']['base_member']}",
-                "-",
-                "heads only",
-            )
-        else:
-            backbone = f"{spec['backbone']} {spec['input_size']} px"
-            tuning = (
-                "from scratch" if spec["weights"] == "none" else f"{spec['weights']}, fine-tuned"
-            )
+    details = metrics.get("member_details", {})
+    for name in metrics["members"]:
+        backbone, aug, tuning, minutes = _member_cells(details.get(name))
         lines.append(
-            f"| {name} | {backbone} | {aug} | {tuning} | {trained['train_seconds'] / 60:.1f} | "
-            f"{_speed(speeds.get(name))} | {models[name]['accuracy']:.4f} |"
+            f"| {name} | {backbone} | {aug} | {tuning} | {minutes} | "
+            f"{_speed(speeds.get(name))} | {metrics['models'][name]['accuracy']:.4f} |"
         )
     lines += [
         "",
         "Training minutes as measured by `train-members`; prediction speed as measured by this "
         "report's own forward pass on this machine"
         + (" (8 views per image)." if metrics.get("tta") else "."),
+    ]
+    return lines
+
+
+def _member_cells(details: dict | None) -> tuple[str, str, str, str]:
+    """Backbone, augmentation, weights / fine-tuning and training minutes of one member."""
+    if details is None:
+        return "-", "-", "-", "-"
+    minutes = f"{details['train_seconds'] / 60:.1f}"
+    if details["kind"] == "ovr":
+        return f"one-vs-rest on {details['base_member']}", "-", "heads only", minutes
+    augmentation = details["augmentation"]
+    aug = "dihedral" if augmentation["dihedral"] else "none"
+    magnitude, per_image = (
+        augmentation["randaugment_magnitude"],
+        augmentation["randaugment_per_image"],
+    )
+    if magnitude > 0 and per_image > 0:
+        aug += f" + RandAugment {magnitude}×{per_image}"
+    if augmentation.get("corruption_probability", 0) > 0:
+        aug += f" + corruptions p={augmentation['corruption_probability']}"
+    if details.get("init_from"):
+        tuning = f"from {details['init_from']}"
+    elif details["weights"] == "none":
+        tuning = "from scratch"
+    else:
+        tuning = f"{details['weights']}, fine-tuned"
+    return f"{details['backbone']} {details['input_size']} px", aug, tuning, minutes
+
+
+def _per_class(metrics: dict) -> list[str]:
+    lines = [
         "",
         "## Per class (best combiner)",
         "",
         "| class | precision | recall | F1 | support |",
         "|---|---|---|---|---|",
     ]
-    per_class = models[metrics["best_combiner"]]["per_class"]
+    per_class = metrics["models"][metrics["best_combiner"]]["per_class"]
     for index, name in enumerate(metrics["classes"]):
         lines.append(
             f"| {name} | {per_class['precision'][index]:.4f} | {per_class['recall'][index]:.4f} | "
             f"{per_class['f1'][index]:.4f} | {per_class['support'][index]} |"
         )
-    lines += [
+    return lines
+
+
+def _abstention(metrics: dict) -> list[str]:
+    models = {name: metrics["models"][name] for name in model_names(metrics)}
+    lines = [
         "",
         "## Abstention and calibration",
         "",
@@ -240,16 +327,35 @@ def render_markdown(metrics: dict, run_root: Path) -> str:
         "| coverage | " + " | ".join(models) + " |",
         "|---|" + "---|" * len(models),
     ]
-    for index, point in enumerate(models[names[0]]["coverage_accuracy"]):
+    for index, point in enumerate(models[metrics["members"][0]]["coverage_accuracy"]):
         lines.append(
             f"| {point['coverage']:.2f} | "
             + " | ".join(f"{models[m]['coverage_accuracy'][index]['accuracy']:.4f}" for m in models)
             + " |"
         )
-    if metrics.get("skipped"):
-        lines += ["", "## Images left out (could not be decoded)", ""]
-        lines += [f"- `{item['id']}`: {item['reason']}" for item in metrics["skipped"]]
-    lines += ["", "## Confusion matrices", ""]
-    lines += [f"![{model}](confusion_{model}.png)" for model in models]
-    lines.append("")
-    return "\n".join(lines)
+    return lines
+
+
+def _skipped(metrics: dict) -> list[str]:
+    if not metrics.get("skipped"):
+        return []
+    lines = ["", "## Images left out (could not be decoded)", ""]
+    return lines + [f"- `{item['id']}`: {item['reason']}" for item in metrics["skipped"]]
+
+
+def _confusions(metrics: dict) -> list[str]:
+    lines = ["", "## Confusion matrices", ""]
+    return lines + [f"![{model}](confusion_{model}.png)" for model in model_names(metrics)]
+
+
+#: The sections of ``report.md``, in page order.
+SECTIONS: tuple[Callable[[dict], list[str]], ...] = (
+    _summary,
+    _significance,
+    _shifted,
+    _members,
+    _per_class,
+    _abstention,
+    _skipped,
+    _confusions,
+)

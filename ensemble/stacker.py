@@ -8,19 +8,23 @@ over-confident copies of what the members memorised, and its test score would be
 Dimensionality (PCA components on the standardised features) and regularisation (tree depth,
 L2) are chosen by stratified cross-validation inside ``blend``. Saved as XGBoost's own JSON
 model, the PCA as ``.npy`` (loaded without pickle) and a JSON sidecar with the feature layout,
-classes and the members' model hashes.
+classes and the members' model hashes. Registered as the ``stack`` combiner
+(:mod:`ensemble.combiners`).
 """
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from ensemble.errors import ConfigError, RunError
+from ensemble.combiners import Blend, Combiner, MemberOutputs, register
+from ensemble.errors import ConfigError, NotFittedError, RunError
 from ensemble.fileio import atomic_write_bytes, atomic_write_json
 
 #: Candidate settings searched by cross-validation inside ``blend``.
@@ -30,8 +34,26 @@ L2 = (1.0, 10.0)  # XGBoost reg_lambda
 FOLDS = 3
 
 
+class Settings(NamedTuple):
+    """One point of the cross-validated grid."""
+
+    components: int  # PCA dimensions (capped by the features and the blend size)
+    max_depth: int  # XGBoost tree depth
+    l2: float  # XGBoost L2 regularisation (reg_lambda)
+
+
+def tie_break(settings: Settings) -> tuple[float, int, int]:
+    """Order among settings with equal cross-validated accuracy: the first wins.
+
+    Weaker L2, then fewer components, then shallower trees — the order earlier versions used,
+    kept so that refitting a run chooses the same settings.
+    """
+    return (settings.l2, settings.components, settings.max_depth)
+
+
+@register
 @dataclass
-class Stacker:
+class Stacker(Combiner):
     """XGBoost on pooled features (optionally plus member probabilities).
 
     Args:
@@ -39,6 +61,8 @@ class Stacker:
         with_probabilities: also feed the members' probabilities to the stacker.
         seed: seeds the cross-validation folds and XGBoost.
     """
+
+    name = "stack"
 
     members: list[str]
     with_probabilities: bool = True
@@ -71,18 +95,16 @@ class Stacker:
         self.scale_ = matrix.std(axis=0) + 1e-6
         standard = (matrix - self.mean_) / self.scale_
         self.n_classes_ = int(labels.max()) + 1
-        self.cv_scores_ = {}
+        self.cv_scores_: dict[Settings, float] = {}
         for components, depth, l2 in product(COMPONENTS, DEPTHS, L2):
-            components = min(components, standard.shape[1], len(labels) // 2)
-            self.cv_scores_[f"{components}/{depth}/{l2}"] = self._cross_validate(
-                standard, labels, components, depth, l2
-            )
-        best = max(self.cv_scores_, key=lambda k: (self.cv_scores_[k], -len(k)))
-        components, depth, l2 = best.split("/")
-        self.settings_ = {"components": int(components), "max_depth": int(depth), "l2": float(l2)}
-        self.components_ = _pca(standard, self.settings_["components"])
+            point = Settings(min(components, standard.shape[1], len(labels) // 2), depth, l2)
+            if point not in self.cv_scores_:  # capped components can repeat a point
+                self.cv_scores_[point] = self._cross_validate(standard, labels, *point)
+        best = min(self.cv_scores_, key=lambda point: (-self.cv_scores_[point], tie_break(point)))
+        self.settings_ = best._asdict()
+        self.components_ = _pca(standard, best.components)
         self.model_ = self._fit_model(
-            standard @ self.components_.T, labels, depth=int(depth), l2=float(l2)
+            standard @ self.components_.T, labels, depth=best.max_depth, l2=best.l2
         )
         return self
 
@@ -93,17 +115,48 @@ class Stacker:
         import xgboost
 
         if not hasattr(self, "model_"):
-            raise ConfigError("Stacker is not fitted yet: call fit() first")
+            raise NotFittedError("Stacker")
         matrix = (self._matrix(features, probabilities) - self.mean_) / self.scale_
         return self.model_.predict(xgboost.DMatrix(matrix @ self.components_.T))
 
-    def save(self, folder: Path, member_hashes: dict[str, str], classes: list[str]) -> None:
+    # The Combiner interface: the stacker reads features and raw member probabilities.
+
+    @classmethod
+    def create(cls, members: list[str], seed: int) -> Stacker:
+        """An unfitted stacker on ``members``' features and probabilities."""
+        return cls(members, with_probabilities=True, seed=seed)
+
+    def fit_blend(self, blend: Blend) -> Stacker:
+        """Fit on the blend split (its ids go through the leakage guard)."""
+        outputs = blend.outputs
+        return self.fit(
+            list(outputs.features),
+            list(outputs.probabilities),
+            blend.labels,
+            blend.ids,
+            blend.split_of,
+        )
+
+    def combine(self, outputs: MemberOutputs) -> np.ndarray:
+        """Class probabilities from the members' features and (raw) probabilities."""
+        return self.predict_proba(list(outputs.features), list(outputs.probabilities))
+
+    def cross_validated_accuracy(self, blend: Blend) -> float:
+        """The best grid point's accuracy, from the cross-validation :meth:`fit` ran."""
+        if not hasattr(self, "cv_scores_"):
+            raise NotFittedError("Stacker")
+        return max(self.cv_scores_.values())
+
+    @classmethod
+    def files(cls) -> tuple[str, ...]:
+        """The XGBoost model, the standardisation and PCA, and the JSON sidecar."""
+        return ("stacker.ubj", "stacker_pca.npy", "stacker.json")
+
+    def save(self, folder: Path, *, member_hashes: dict[str, str], classes: list[str]) -> None:
         """Write ``stacker.ubj`` (XGBoost), ``stacker_pca.npy`` and ``stacker.json``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(folder / "stacker.ubj", bytes(self.model_.save_raw("ubj")))
-        import io
-
         buffer = io.BytesIO()
         np.save(buffer, np.stack([self.mean_, self.scale_]).astype(np.float64))
         np.save(buffer, self.components_.astype(np.float64))
@@ -118,14 +171,21 @@ class Stacker:
                 "feature_layout": "standardised [features of each member, then probabilities of "
                 "each member], projected on PCA components",
                 "settings": self.settings_,
-                "cv_accuracy": self.cv_scores_,
+                "cv_grid": [
+                    point._asdict() | {"cv_accuracy": score}
+                    for point, score in self.cv_scores_.items()
+                ],
                 "seed": self.seed,
             },
         )
 
     @classmethod
-    def load(cls, folder: Path, member_hashes: dict[str, str]) -> Stacker:
-        """Load a saved stacker; refuse one fitted on other members (hash mismatch)."""
+    def load(cls, folder: Path, *, member_hashes: dict[str, str]) -> Stacker:
+        """Load a saved stacker; refuse one fitted on other members (hash mismatch).
+
+        Raises:
+            RunError: the stacker's recorded member hashes differ from ``member_hashes``.
+        """
         import xgboost
 
         folder = Path(folder)
@@ -148,7 +208,10 @@ class Stacker:
         booster.load_model(bytearray((folder / "stacker.ubj").read_bytes()))
         stacker.model_ = booster
         stacker.settings_ = sidecar["settings"]
-        stacker.cv_scores_ = sidecar["cv_accuracy"]
+        stacker.cv_scores_ = {  # absent from files written before the grid was saved as a list
+            Settings(row["components"], row["max_depth"], row["l2"]): row["cv_accuracy"]
+            for row in sidecar.get("cv_grid", [])
+        }
         return stacker
 
     def _matrix(self, features: list[np.ndarray], probabilities: list[np.ndarray]) -> np.ndarray:

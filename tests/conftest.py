@@ -1,4 +1,8 @@
+import contextlib
+import io
 import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -36,36 +40,65 @@ def synthetic_folder(tmp_path_factory) -> Path:
     return write_folder(tmp_path_factory.mktemp("synthetic") / "cells", per_class=12, size=48)
 
 
-def run_cli(args, capsys):
-    """Run the ensemble command in-process; returns (exit code, stdout, stderr)."""
-    import sys
+@dataclass(frozen=True)
+class CliRun:
+    """A command's run directory and what the command printed."""
 
+    run: Path
+    code: int
+    out: str
+    err: str
+
+
+def _invoke(args) -> int:
+    """Run the ensemble command in-process; returns its exit code."""
     from ensemble.cli import main
 
     saved = sys.argv
     sys.argv = ["ensemble", *map(str, args)]
     try:
         main()
-        code = 0
+        return 0
     except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
+        return exit_.code if isinstance(exit_.code, int) else 1
     finally:
         sys.argv = saved
+
+
+def run_cli(args, capsys):
+    """Run the ensemble command in-process; returns (exit code, stdout, stderr)."""
+    code = _invoke(args)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
 
-@pytest.fixture(scope="session")
-def fitted_ci_run(synthetic_folder, tmp_path_factory):
-    """The ci pipeline trained on synthetic images, combiners fitted (shared: do not modify)."""
-    from ensemble.data import load_dataset
-    from ensemble.fitting import fit_combiners
-    from ensemble.members import train_pipeline_members
-    from ensemble.run import open_run
-    from ensemble.specs import load_pipeline
+def run_cli_captured(args) -> tuple[int, str, str]:
+    """:func:`run_cli` for session fixtures, where ``capsys`` is not available."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = _invoke(args)
+    return code, out.getvalue(), err.getvalue()
 
-    run = tmp_path_factory.mktemp("fitted") / "ci"
-    dataset = load_dataset(synthetic_folder)
-    train_pipeline_members(load_pipeline(REPO / "pipelines/ci.toml"), dataset, run)
-    fit_combiners(open_run(run, dataset))
-    return run
+
+@pytest.fixture(scope="session")
+def trained_ci(synthetic_folder, tmp_path_factory) -> CliRun:
+    """The ci pipeline trained once per session by ``ensemble train-members`` (do not modify)."""
+    run = tmp_path_factory.mktemp("trained") / "ci"
+    args = ["train-members", "--pipeline", REPO / "pipelines/ci.toml"]
+    code, out, err = run_cli_captured([*args, "--data", synthetic_folder, "--run", run])
+    assert code == 0, err
+    return CliRun(run, code, out, err)
+
+
+@pytest.fixture(scope="session")
+def fitted_ci(trained_ci) -> CliRun:
+    """The trained ci run with combiners fitted by ``ensemble fit-stacker`` (do not modify)."""
+    code, out, err = run_cli_captured(["fit-stacker", "--run", trained_ci.run])
+    assert code == 0, err
+    return CliRun(trained_ci.run, code, out, err)
+
+
+@pytest.fixture(scope="session")
+def fitted_ci_run(fitted_ci) -> Path:
+    """The run directory of :func:`fitted_ci` (shared: copy it before changing anything)."""
+    return fitted_ci.run

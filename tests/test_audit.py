@@ -2,8 +2,8 @@ import json
 
 import pytest
 
+from benchmarks.contamination import KINDS, contaminate
 from ensemble.audit import AuditThresholds, run_audit
-from ensemble.contamination import KINDS, contaminate
 from ensemble.data import load_dataset
 from ensemble.errors import ConfigError
 from tests.conftest import run_cli

@@ -2,15 +2,20 @@ import numpy as np
 import pytest
 
 from ensemble.combiners import (
+    Combiner,
     GreedySelection,
     HardVote,
     SoftVote,
     TemperatureScaling,
+    VotingCombiner,
     WeightedSoftVote,
     combiner_from_json,
     log_loss,
+    register,
+    registered_combiners,
 )
-from ensemble.errors import ConfigError
+from ensemble.errors import ConfigError, EnsembleError, NotFittedError
+from ensemble.stacker import Settings, Stacker, tie_break
 
 
 def stack(*members):
@@ -82,7 +87,6 @@ def test_temperature_scaling_lowers_log_loss_of_overconfident_member():
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda: SoftVote().predict(stack([[0.5, 0.5]])), "SoftVote is not fitted yet"),
         (
             lambda: SoftVote().fit(np.zeros((2, 3)), [0, 1]),
             "must have shape \\(n_members, n_images, n_classes\\)",
@@ -101,3 +105,96 @@ def test_temperature_scaling_lowers_log_loss_of_overconfident_member():
 def test_combiner_errors(call, match):
     with pytest.raises(ConfigError, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda: SoftVote().predict(stack([[0.5, 0.5]])), "SoftVote"),
+        (lambda: GreedySelection().predict_proba(stack([[0.5, 0.5]])), "GreedySelection"),
+        (lambda: TemperatureScaling().transform(stack([[0.5, 0.5]])), "TemperatureScaling"),
+        (lambda: TemperatureScaling().state(), "TemperatureScaling"),
+        (lambda: Stacker(["m"]).predict_proba([np.zeros((1, 2))], [np.ones((1, 2))]), "Stacker"),
+    ],
+)
+def test_use_before_fit_is_a_bug_not_bad_input(call, name):
+    with pytest.raises(NotFittedError, match=f"{name} is not fitted yet.*This is a bug") as caught:
+        call()
+    assert not isinstance(caught.value, EnsembleError)  # the CLI must not blame the input
+
+
+def test_registry_holds_every_combiner_once_in_fitting_order():
+    registry = registered_combiners()
+    assert list(registry) == ["hard", "soft", "weighted", "greedy", "stack"]
+    assert all(issubclass(cls, Combiner) and registry[cls.name] is cls for cls in registry.values())
+    with pytest.raises(ValueError, match="combiner 'soft' is already registered"):
+
+        @register
+        class Again(VotingCombiner):
+            name = "soft"
+
+            def predict_proba(self, stack):
+                return stack.mean(axis=0)
+
+
+@pytest.mark.parametrize(
+    "combiner",
+    [HardVote(), SoftVote(), WeightedSoftVote(), GreedySelection(rounds=7)],
+    ids=lambda c: c.name,
+)
+def test_every_voting_combiner_round_trips_through_json(combiner):
+    rng = np.random.default_rng(2)
+    p = rng.dirichlet(np.ones(4), (3, 50))
+    labels = rng.integers(0, 4, 50)
+    combiner.fit(p, labels)
+    again = combiner_from_json(combiner.to_json())
+    assert type(again) is type(combiner) and again.state() == combiner.state()
+    assert np.allclose(again.predict_proba(p), combiner.predict_proba(p), atol=1e-5)
+
+
+def test_temperatures_from_saved_values_transform_like_the_fitted_scaler():
+    rng = np.random.default_rng(3)
+    p = rng.dirichlet(np.ones(3) * 0.3, (2, 40))
+    fitted = TemperatureScaling().fit(p, rng.integers(0, 3, 40))
+    loaded = TemperatureScaling.from_temperatures(fitted.temperatures_)
+    assert np.array_equal(loaded.transform(p), fitted.transform(p))
+    with pytest.raises(ConfigError, match="temperatures must be positive"):
+        TemperatureScaling.from_temperatures([1.0, 0.0])
+
+
+def test_stacker_grid_tie_break_prefers_weaker_l2_then_fewer_components_then_depth():
+    tied = [
+        Settings(96, 2, 1.0),
+        Settings(32, 4, 10.0),
+        Settings(32, 4, 1.0),
+        Settings(32, 2, 10.0),
+    ]
+    assert min(tied, key=tie_break) == Settings(32, 4, 1.0)
+    assert sorted(tied, key=tie_break) == [
+        Settings(32, 4, 1.0),
+        Settings(96, 2, 1.0),
+        Settings(32, 2, 10.0),
+        Settings(32, 4, 10.0),
+    ]
+
+
+def test_stacker_grid_is_keyed_by_settings_and_saved_as_records(tmp_path):
+    rng = np.random.default_rng(4)
+    labels = np.repeat(np.arange(3), 20)
+    features = [rng.normal(labels[:, None], 1.0, (60, 6)) for _ in range(2)]
+    probabilities = [np.eye(3)[labels] * 0.6 + 0.4 / 3 for _ in range(2)]
+    ids = [str(i) for i in range(60)]
+    stacker = Stacker(["a", "b"]).fit(
+        features, probabilities, labels, ids, dict.fromkeys(ids, "blend")
+    )
+    assert all(isinstance(point, Settings) for point in stacker.cv_scores_)
+    best = max(stacker.cv_scores_.values())
+    winner = min((p for p, s in stacker.cv_scores_.items() if s == best), key=tie_break)
+    assert stacker.settings_ == winner._asdict()
+    stacker.save(tmp_path, member_hashes={"a": "1", "b": "2"}, classes=["x", "y", "z"])
+    loaded = Stacker.load(tmp_path, member_hashes={"a": "1", "b": "2"})
+    assert loaded.cv_scores_ == stacker.cv_scores_
+    assert np.array_equal(
+        loaded.predict_proba(features, probabilities),
+        stacker.predict_proba(features, probabilities),
+    )

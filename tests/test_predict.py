@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ensemble.errors import RunError
+from ensemble.errors import NotFittedError, RunError
+from ensemble.fitted import FittedEnsemble
 from ensemble.stacker import Stacker
 from tests.conftest import run_cli
 
@@ -118,7 +119,7 @@ def test_stacker_refuses_other_members(fitted_ci_run):
         hashes = json.loads((fitted_ci_run / "combiners/selection.json").read_text())[
             "member_model_sha256"
         ]
-        Stacker.load(fitted_ci_run / "combiners", hashes | {"tiny-a": "0" * 64})
+        Stacker.load(fitted_ci_run / "combiners", member_hashes=hashes | {"tiny-a": "0" * 64})
 
 
 def test_stacker_leakage_guard():
@@ -176,7 +177,8 @@ def test_report_on_ci_run(fitted_ci_run, synthetic_folder, tmp_path, capsys):
 
 def test_report_bad_split_one_line(fitted_ci_run, capsys):
     code, _, err = run_cli(["report", "--run", fitted_ci_run, "--split", "holdout"], capsys)
-    assert code == 2 and "--split must be one of" in err and err.count("\n") == 1
+    assert code == 2 and err.count("\n") == 1
+    assert "'holdout' is not one of 'test', 'blend', 'val', 'train'" in err
 
 
 @pytest.mark.parametrize("artifact", ["stacker.ubj", "weighted.json", "temperatures.json"])
@@ -232,3 +234,125 @@ def test_feature_cache_reused_and_invalidated(fitted_ci_run, synthetic_folder, t
     assert json.loads(key_file.read_text())["model_sha256"] != "0" * 64
     assert np.allclose(first["probabilities"], second["probabilities"], atol=1e-5)
     assert list(first["ids"]) == run.split.ids("blend")
+
+
+def test_fitted_ensemble_loads_once_and_predicts_like_the_command(
+    fitted_ci_run, synthetic_folder, tmp_path, capsys, monkeypatch
+):
+    import ensemble.fitted
+
+    hashed = []
+    real_hash = ensemble.run.file_sha256
+    monkeypatch.setattr(ensemble.run, "file_sha256", lambda p: hashed.append(p) or real_hash(p))
+    fitted = FittedEnsemble.load(fitted_ci_run, "soft")
+    assert len(hashed) == 3  # each member model hashed once per load
+    assert fitted.members == ["tiny-a", "tiny-b", "tiny-ovr"] and len(fitted.classes) == 8
+    assert fitted.choices() == [
+        *("hard", "soft", "weighted", "greedy", "stack"),
+        *("tiny-a", "tiny-b", "tiny-ovr", "ovr"),
+    ]
+    paths = sorted((synthetic_folder / "platelet").iterdir())
+    out = tmp_path / "p.csv"
+    code, _, err = run_cli(
+        ["predict", synthetic_folder / "platelet", "--run", fitted_ci_run, "--out", out]
+        + ["--combiner", "soft"],
+        capsys,
+    )
+    assert code == 0, err
+    predicted = fitted.predict(paths)  # decoded and resized to each member's size inside
+    assert [fitted.classes[i] for i in predicted] == [
+        row["prediction"] for row in csv.DictReader(out.open())
+    ]
+    from PIL import Image
+
+    big = np.stack([np.asarray(Image.open(p).convert("RGB").resize((64, 64))) for p in paths])
+    assert fitted.predict_proba(big).shape == (12, 8)  # any size: resized per member
+
+
+def test_every_combiner_of_the_registry_is_loaded(fitted_ci_run):
+    from ensemble.combiners import registered_combiners
+
+    fitted = FittedEnsemble.load(fitted_ci_run)
+    assert list(fitted.combiners) == list(registered_combiners())
+    assert (
+        fitted.combiner
+        == json.loads((fitted_ci_run / "combiners/selection.json").read_text())["default_combiner"]
+    )
+    assert FittedEnsemble.load(fitted_ci_run, "ovr").combiner == "tiny-ovr"
+
+
+def test_not_fitted_error_is_reported_as_a_bug(
+    fitted_ci_run, synthetic_folder, capsys, monkeypatch
+):
+    """A programming error surfaces with its traceback, not as a one-line input error (exit 2)."""
+    from ensemble.combiners import SoftVote
+
+    def broken(self, stack):
+        raise NotFittedError("SoftVote")
+
+    monkeypatch.setattr(SoftVote, "predict_proba", broken)
+    args = ["predict", synthetic_folder / "platelet", "--run", fitted_ci_run, "--combiner", "soft"]
+    with pytest.raises(NotFittedError, match="This is a bug"):
+        run_cli(args, capsys)
+
+
+def test_tta_mismatch_warns_once_on_stderr(fitted_ci_run, synthetic_folder, tmp_path, capsys):
+    folder = tmp_path / "few"
+    shutil.copytree(synthetic_folder / "monocyte", folder)
+    out = tmp_path / "p.csv"
+    code, _, err = run_cli(["predict", folder, "--run", fitted_ci_run, "--out", out], capsys)
+    assert code == 0 and "test-time augmentation" not in err  # fitted and applied without
+    code, _, err = run_cli(
+        ["predict", folder, "--run", fitted_ci_run, "--tta", "--out", out], capsys
+    )
+    assert code == 0
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: the combiners of {fitted_ci_run} were fitted without test-time augmentation "
+        "but are applied with it; their weights and temperatures may not fit these outputs "
+        "(run `ensemble fit-stacker --tta` to match)"
+    ]
+
+
+def test_fit_stacker_with_tta_records_it(fitted_ci_run, synthetic_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(fitted_ci_run, run)
+    code, out, err = run_cli(["fit-stacker", "--run", run, "--tta"], capsys)
+    assert code == 0, err
+    assert "default combiner:" in out
+    selection = json.loads((run / "combiners/selection.json").read_text())
+    assert selection["tta"] is True
+    assert (run / "features/tiny-a/blend-tta.npz").is_file()  # the plain cache is kept apart
+    assert json.loads((run / "features/tiny-a/blend-tta.json").read_text())["tta"] is True
+    plain = np.load(run / "features/tiny-a/blend.npz")["features"]
+    augmented = np.load(run / "features/tiny-a/blend-tta.npz")["features"]
+    assert plain.shape == augmented.shape and not np.array_equal(plain, augmented)
+    folder = tmp_path / "few"
+    shutil.copytree(synthetic_folder / "monocyte", folder)
+    code, _, err = run_cli(["predict", folder, "--run", run, "--out", tmp_path / "p.csv"], capsys)
+    assert code == 0 and "fitted with test-time augmentation but are applied without" in err
+    assert "(pass --tta to match)" in err
+    code, _, err = run_cli(
+        ["predict", folder, "--run", run, "--tta", "--out", tmp_path / "p.csv"], capsys
+    )
+    assert code == 0 and "warning" not in err
+
+
+def test_fit_stacker_output_lists_every_combiner_and_member(fitted_ci):
+    lines = fitted_ci.out.splitlines()
+    names = [line.split()[0] for line in lines if "cross-validated blend accuracy" in line]
+    assert names == ["hard", "soft", "weighted", "greedy", "stack", "tiny-a", "tiny-b", "tiny-ovr"]
+    default = json.loads((fitted_ci.run / "combiners/selection.json").read_text())
+    assert lines[-1].startswith(f"default combiner: {default['default_combiner']} ")
+
+
+def test_moved_data_names_the_recorded_path(fitted_ci_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(fitted_ci_run, run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["data_source"] = str(tmp_path / "moved-away")
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = run_cli(["fit-stacker", "--run", run], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert f"is not at {tmp_path / 'moved-away'}, the path its manifest records" in err
+    assert "Pass --data with the data's current location" in err

@@ -5,7 +5,7 @@ import shutil
 
 from ensemble.shifts import SHIFTS
 from ensemble.synthetic import write_folder
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_captured
 
 
 def test_report_with_tta_shows_shift_kinds_and_speed(
@@ -25,6 +25,10 @@ def test_report_with_tta_shows_shift_kinds_and_speed(
     text = (out / "report.md").read_text()
     assert "test-time augmentation" in text
     assert "| model | " + " | ".join(SHIFTS) + " |" in text
+    # The combiners were fitted without TTA: said once on stderr, and noted in the report.
+    assert metrics["combiners_fitted_with_tta"] is False
+    assert err.count("fitted without test-time augmentation but are applied with it") == 1
+    assert "Note: the combiners were fitted without test-time augmentation" in text
 
 
 def test_report_on_separate_labelled_folder(fitted_ci_run, tmp_path, capsys):
@@ -77,6 +81,31 @@ def test_report_warns_when_images_were_trained_on(
     )
     assert code == 0, err
     assert "are byte-identical to images the run trained or fitted on" in err
+
+
+def test_report_is_rendered_from_metrics_json_alone(fitted_ci_run, synthetic_folder, tmp_path):
+    from ensemble.report_render import render_markdown
+
+    run = tmp_path / "run"
+    shutil.copytree(fitted_ci_run, run)
+    out = tmp_path / "report"
+    code, _, err = run_cli_captured(
+        ["report", "--run", run, "--data", synthetic_folder, "--out", out, "--no-shifted"]
+    )
+    assert code == 0, err
+    assert "Note:" not in (out / "report.md").read_text()  # fitted and applied without TTA
+    shutil.rmtree(run)  # nothing of the run is needed to render again
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert render_markdown(metrics) == (out / "report.md").read_text()
+    details = metrics["member_details"]
+    assert details["tiny-ovr"]["kind"] == "ovr" and details["tiny-ovr"]["base_member"] == "tiny-a"
+    assert details["tiny-a"]["backbone"] == "mobilenetv3small"
+    assert "| tiny-a | mobilenetv3small 32 px | dihedral + RandAugment 0.2×1 | from scratch |" in (
+        render_markdown(metrics)
+    )
+    # metrics.json written before the details were recorded: the member table says "-".
+    del metrics["member_details"]
+    assert "| tiny-b | - | - | - | - |" in render_markdown(metrics)
 
 
 def test_verdict_names_the_winner_only_when_significant():

@@ -12,13 +12,29 @@ BAD_SPECS = [
     ({"schedule": {"learning_rate": -0.1}}, "schedule.learning_rate must be > 0. Received"),
     (
         {"schedule": {"epochs": 3, "warmup_epochs": 5}},
-        "schedule.warmup_epochs must be in \\[0, epochs\\)",
+        "schedule.warmup_epochs must be in \\[0, 3\\). Received: warmup_epochs=5.0",
     ),
     ({"schedule": {"learnin_rate": 0.1}}, "\\[schedule\\]: unknown key 'learnin_rate'"),
     ({"head": {"dropout": 1.5}}, "head.dropout must be in \\[0, 1\\)"),
-    ({"head": {"dense_units": "many"}}, "dense_units must be a int. Received: dense_units='many'"),
-    ({"augmentation": {"randaugment_magnitude": 3}}, "randaugment magnitude must be in \\[0, 1\\]"),
-    ({"class_weights": "sqrt"}, "class_weights must be 'balanced' or 'none'"),
+    (
+        {"head": {"dense_units": "many"}},
+        "dense_units must be a whole number. Received: dense_units='many'",
+    ),
+    (
+        {"augmentation": {"randaugment_magnitude": 3}},
+        "augmentation.randaugment_magnitude must be in \\[0, 1\\]. Received",
+    ),
+    ({"schedule": {"epochs": True}}, "epochs must be a whole number. Received: epochs=True"),
+    ({"schedule": {"learning_rate": False}}, "learning_rate must be a number. Received"),
+    ({"seed": 1.5}, "seed must be a whole number. Received: seed=1.5"),
+    ({"combine": "yes"}, "combine must be true or false. Received: combine='yes'"),
+    ({"augmentation": {"zoom_probability": 1.5}}, "augmentation.zoom_probability must be in"),
+    ({"augmentation": {"zoom_max": 0.5}}, "augmentation.zoom_max must be in \\[1, 4\\]"),
+    (
+        {"init_from": "other", "weights": "imagenet"},
+        "weights must be 'none' when init_from is set",
+    ),
+    ({"class_weights": "sqrt"}, "class_weights must be one of \\['balanced', 'none'\\]"),
     ({"kind": "ovr"}, "ovr.base_member must be a member name"),
     ({"head": 3}, "\\[head\\] must be a table"),
 ]
@@ -39,14 +55,16 @@ def test_shipped_specs_load():
 
 
 def test_both_flavours_ship_the_three_backbones():
-    scratch = {
-        m.backbone
-        for m in load_pipeline(REPO / "pipelines/pbc-cpu.toml").members
-        if m.kind == "cnn"
-    }
+    """From-scratch CPU specs exist for every backbone of the report's recipe.
+
+    The pbc-cpu pipeline itself may leave a backbone out when it costs more than it brings in
+    the 2-hour budget (measured in results/recipe-ablation.md); its spec still ships.
+    """
+    scratch = {load_member_spec(path) for path in (REPO / "members/cpu").glob("*.toml")}
+    scratch_backbones = {m.backbone for m in scratch if m.kind == "cnn" and not m.pretrained}
     report = load_pipeline(REPO / "pipelines/an2dl.toml")
-    assert scratch == {"resnet50", "efficientnetb0", "mobilenetv2"}
-    assert {m.backbone for m in report.members if m.kind == "cnn"} == scratch
+    assert {"resnet50", "efficientnetb0", "mobilenetv2"} <= scratch_backbones
+    assert {m.backbone for m in report.members if m.kind == "cnn"} <= scratch_backbones
     assert all(
         m.weights == "imagenet" and m.finetune.learning_rate == 8e-5
         for m in report.members
@@ -78,10 +96,9 @@ def test_invalid_toml_names_the_file(tmp_path):
     ],
 )
 def test_bad_pipelines(tmp_path, text, match):
-    path = REPO / "pipelines" / f"_test_{abs(hash(text))}.toml"
+    (tmp_path / "members").symlink_to(REPO / "members")  # member paths resolve as in the repo
+    path = tmp_path / "pipelines" / "bad.toml"
+    path.parent.mkdir()
     path.write_text(text)
-    try:
-        with pytest.raises(ConfigError, match=match):
-            load_pipeline(path)
-    finally:
-        path.unlink()
+    with pytest.raises(ConfigError, match=match):
+        load_pipeline(path)

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+from ensemble.artifacts import load_keras_model
 from ensemble.errors import RunError
 from ensemble.specs import member_spec_from_dict
 from ensemble.synthetic import make_arrays
@@ -38,16 +39,39 @@ def test_loss_falls(data, tmp_path):
     assert (tmp_path / "m" / "tensorboard").is_dir()
 
 
-def test_save_load_identical_predictions(data, tmp_path):
+def test_finished_member_is_its_best_epoch(data, tmp_path):
+    """model.keras, loaded in safe mode, scores on val exactly what training recorded for it."""
+    spec = member_spec_from_dict(TINY)
+    metrics = train_member(spec, data, tmp_path / "m", verbose=0)
+    model = load_keras_model(tmp_path / "m" / "model.keras")
+    predicted = model.predict(data.val_images.astype("float32"), verbose=0).argmax(axis=1)
+    assert round(float((predicted == data.val_labels).mean()), 6) == metrics["val_accuracy"]
+    history = json.loads((tmp_path / "m" / "history.json").read_text())
+    best = max(history, key=lambda row: row["val_accuracy"])
+    assert metrics["best_epoch"] == best["epoch"]
+
+
+def test_member_model_round_trips_in_safe_mode(tmp_path):
+    """A member saved and loaded back gives the in-memory model's outputs and pooled features."""
     import keras
 
-    spec = member_spec_from_dict(TINY | {"schedule": {"epochs": 1, "warmup_epochs": 0}})
-    train_member(spec, data, tmp_path / "m", verbose=0)
-    model = keras.models.load_model(tmp_path / "m" / "model.keras", safe_mode=True)
-    again = keras.models.load_model(tmp_path / "m" / "model.keras", safe_mode=True)
-    x = data.val_images.astype("float32")
-    assert np.array_equal(model.predict(x, verbose=0), again.predict(x, verbose=0))
-    assert model.get_layer("pooled_features") is not None
+    from ensemble.backbones import POOLED_FEATURES
+    from ensemble.features import feature_model
+
+    keras.utils.set_random_seed(0)
+    model = build_member_model(member_spec_from_dict(TINY), 8)
+    head = model.get_layer("probabilities")
+    head.set_weights([weight * 50 for weight in head.get_weights()])  # outputs far from uniform
+    x = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3)).astype("float32")
+    expected = model.predict(x, verbose=0)
+    assert expected.max(axis=1).min() > 0.2  # a model that was not restored would differ
+    model.save(tmp_path / "m.keras")
+    loaded = load_keras_model(tmp_path / "m.keras")
+    assert np.array_equal(loaded.predict(x, verbose=0), expected)
+    probabilities, features = feature_model(loaded).predict(x, verbose=0)
+    assert np.array_equal(probabilities, expected)
+    width = loaded.get_layer(POOLED_FEATURES).output.shape[-1]  # raises if the layer is gone
+    assert width > 0 and features.shape == (6, width)
 
 
 def test_interrupted_member_resumes_after_last_epoch(data, tmp_path):

@@ -1,0 +1,72 @@
+"""The record fit-stacker writes last (``combiners/selection.json``) and every loader checks.
+
+It names the members the combiners were fitted on with their model hashes, the fitted
+combiners, each one's cross-validated blend accuracy, the default, whether the combiners were
+fitted with test-time augmentation, and the SHA-256 of every file written beside it. Written by
+:func:`ensemble.fitting.fit_combiners`, read by :meth:`ensemble.fitted.FittedEnsemble.load`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from ensemble.errors import RunError
+from ensemble.fileio import atomic_write_json
+from ensemble.run import RunDir
+
+SELECTION = "selection.json"
+TEMPERATURES = "temperatures.json"
+#: The combiners of runs fitted before selection.json listed them.
+EARLIER_COMBINERS = ("hard", "soft", "weighted", "greedy", "stack")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What fit-stacker recorded in ``combiners/selection.json``.
+
+    Attributes:
+        members: the members the combiners were fitted on, in order.
+        member_model_sha256: each member's ``model.keras`` hash at fitting time.
+        combiners: the fitted combiners' names, in registry order.
+        cv_accuracy_on_blend: cross-validated blend accuracy of every combiner and member.
+        default_combiner: the one ``predict`` uses when none is named.
+        n_blend: images in the blend split.
+        tta: whether the combiners were fitted on test-time-augmented outputs.
+        artifact_sha256: hash of every file written beside it, checked when loading.
+    """
+
+    members: list[str]
+    member_model_sha256: dict[str, str]
+    combiners: list[str]
+    cv_accuracy_on_blend: dict[str, float]
+    default_combiner: str
+    n_blend: int
+    tta: bool
+    artifact_sha256: dict[str, str]
+
+    @classmethod
+    def read(cls, run: RunDir) -> Selection:
+        """Read a run's selection (files of earlier versions: no TTA, the five combiners).
+
+        Raises:
+            RunError: the run has no fitted combiners.
+        """
+        path = run.combiners_dir / SELECTION
+        if not path.is_file():
+            raise RunError(f"no fitted combiners in {run.root}. Run `ensemble fit-stacker` first.")
+        saved = json.loads(path.read_text())
+        return cls(
+            members=saved["members"],
+            member_model_sha256=saved["member_model_sha256"],
+            combiners=saved.get("combiners", list(EARLIER_COMBINERS)),
+            cv_accuracy_on_blend=saved["cv_accuracy_on_blend"],
+            default_combiner=saved["default_combiner"],
+            n_blend=saved["n_blend"],
+            tta=bool(saved.get("tta", False)),
+            artifact_sha256=saved.get("artifact_sha256", {}),
+        )
+
+    def write(self, run: RunDir) -> None:
+        """Write ``selection.json`` (last: it marks the combiners as fitted)."""
+        atomic_write_json(run.combiners_dir / SELECTION, asdict(self))
