@@ -8,6 +8,8 @@ import pytest
 
 from tests.test_console import tensorflow_lines
 
+pytestmark = pytest.mark.large  # trains the demo pipeline in a subprocess: minutes
+
 
 @pytest.fixture(scope="module")
 def demo_output(tmp_path_factory):

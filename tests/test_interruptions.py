@@ -12,7 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.test_train_members import ci_command
+
+pytestmark = pytest.mark.large  # a dozen `ensemble` subprocesses, two of them training
 
 HELPER = Path(__file__).parent / "helpers" / "kill_at_write.py"
 

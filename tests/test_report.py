@@ -3,11 +3,14 @@
 import json
 import shutil
 
+import pytest
+
 from ensemble.shifts import SHIFTS
 from ensemble.synthetic import write_folder
 from tests.conftest import run_cli, run_cli_captured
 
 
+@pytest.mark.large
 def test_report_with_tta_shows_shift_kinds_and_speed(
     fitted_ci_run, synthetic_folder, tmp_path, capsys
 ):

@@ -84,6 +84,7 @@ def test_changed_data_refused(synthetic_folder, tmp_path, capsys):
     assert code == 2 and "data changed since the split" in err
 
 
+@pytest.mark.large
 def test_mirrored_strategy_on_two_logical_cpus(synthetic_folder, tmp_path):
     env = dict(os.environ, ENSEMBLE_CPU_REPLICAS="2")
     result = subprocess.run(
@@ -98,6 +99,7 @@ def test_mirrored_strategy_on_two_logical_cpus(synthetic_folder, tmp_path):
     assert "MirroredStrategy with 2 replicas" in result.stderr
 
 
+@pytest.mark.large
 def test_sigkill_then_resume(synthetic_folder, tmp_path):
     """SIGKILL train-members once an epoch is saved; a restart redoes no saved epoch."""
     import signal
