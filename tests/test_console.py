@@ -15,7 +15,7 @@ from ensemble.console import quiet_console, silenced_stderr
 #: sentence of cpu_feature_guard, and Python-side ``WARNING:tensorflow:`` lines (retracing).
 TENSORFLOW_LINE = re.compile(
     r"^(WARNING: All log messages before absl"
-    r"|[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]"
+    r"|[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\]"
     r"|To enable the following instructions"
     r"|WARNING:tensorflow:)"
 )
