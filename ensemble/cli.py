@@ -121,7 +121,7 @@ def audit(
     ] = 12.0,
     classes: ClassesOption = None,
     data_root: DataRootOption = None,
-    limit: Annotated[int, typer.Option(help="Findings shown per kind.")] = 5,
+    limit: Annotated[int, typer.Option(min=0, help="Findings shown per kind.")] = 5,
 ) -> None:
     """Find unreadable files, duplicates, label conflicts, non-cell images and colour casts."""
     from ensemble.audit import AuditThresholds, run_audit
@@ -154,7 +154,9 @@ def demo(
     out: Annotated[Path, typer.Option(help="Where the demo writes everything.")] = Path(
         "demo-output"
     ),
-    per_class: Annotated[int, typer.Option(help="Synthetic images per class.")] = 50,
+    per_class: Annotated[
+        int, typer.Option(min=12, help="Synthetic images per class (every split needs some).")
+    ] = 50,
     pipeline: PipelineOption = "demo",
 ) -> None:
     """Run the whole flow on built-in synthetic cells: data, members, combiners, predict, report."""

@@ -56,6 +56,14 @@ def test_disk_full_while_writing_predictions(
             "'nope' is not one of 'test', 'blend', 'val', 'train'",
         ),
         (
+            ["demo", "--per-class", "3"],
+            "error: Invalid value for '--per-class': Input should be greater than or equal to 12",
+        ),
+        (
+            ["audit", "{data}", "--limit", "-1"],
+            "error: Invalid value for '--limit': Input should be greater than or equal to 0",
+        ),
+        (
             ["train-members", "--pipeline", "ci", "--data", "{data}", "--strategy", "fast"],
             "'fast' is not one of 'default', 'mirrored'",
         ),
