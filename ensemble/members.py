@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from ensemble.errors import ConfigError, RunError
 from ensemble.fileio import atomic_write_json
 from ensemble.run import Run, create_or_open_run
 from ensemble.specs import MemberSpec, PipelineSpec
-from ensemble.training import TrainingData, is_finished, train_member
+from ensemble.training import FINISHED, TrainingData, is_finished, train_member
 
 
 def train_pipeline_members(
@@ -51,34 +52,40 @@ def train_pipeline_members(
         member_dir = run.member_dir(spec.name)
         if is_finished(member_dir) and not force:
             print(f"{spec.name}: already trained, skipped (--force retrains)", file=sys.stderr)
-        else:
-            what = (
-                f"one-vs-rest heads on {spec.ovr.base_member}"
-                if spec.kind == "ovr"
-                else f"{spec.backbone}, {spec.input_size} px, weights {spec.weights}"
-            )
-            print(f"{spec.name}: training ({what})", file=sys.stderr)
+            results[spec.name] = json.loads((member_dir / FINISHED).read_text())
+            continue
+        print(f"{spec.name}: training ({_describe(spec)})", file=sys.stderr)
         began = time.perf_counter()
-        if spec.kind == "ovr":
-            from ensemble.ovr import train_ovr_member
-
-            results[spec.name] = train_ovr_member(spec, run, force=force)
-        else:
-            train_images, train_labels = run.images("train", spec.input_size)
-            val_images, val_labels = run.images("val", spec.input_size)
-            data = TrainingData(
-                train_images, train_labels, val_images, val_labels, len(dataset.classes)
-            )
-            results[spec.name] = train_member(
-                spec,
-                data,
-                member_dir,
-                force=force,
-                strategy=distribute,
-                init_weights=_init_weights(spec, run, names),
-            )
+        results[spec.name] = _train_one(spec, run, names, force=force, strategy=distribute)
         print(f"{spec.name}: done in {time.perf_counter() - began:.0f} s", file=sys.stderr)
     return results
+
+
+def _describe(spec: MemberSpec) -> str:
+    if spec.kind == "ovr":
+        return f"one-vs-rest heads on {spec.ovr.base_member}"
+    start = f"from {spec.init_from}" if spec.init_from else f"weights {spec.weights}"
+    return f"{spec.backbone}, {spec.input_size} px, {start}"
+
+
+def _train_one(spec: MemberSpec, run: Run, names: list[str], *, force: bool, strategy) -> dict:
+    """Train one member of the run (a CNN on its split's images, or one-vs-rest heads)."""
+    if spec.kind == "ovr":
+        from ensemble.ovr import train_ovr_member
+
+        return train_ovr_member(spec, run, force=force)
+    train_images, train_labels = run.images("train", spec.input_size)
+    val_images, val_labels = run.images("val", spec.input_size)
+    n_classes = len(run.dataset.classes)
+    data = TrainingData(train_images, train_labels, val_images, val_labels, n_classes)
+    return train_member(
+        spec,
+        data,
+        run.member_dir(spec.name),
+        force=force,
+        strategy=strategy,
+        init_weights=_init_weights(spec, run, names),
+    )
 
 
 def record_pipeline_members(run: Run, pipeline: PipelineSpec) -> None:
