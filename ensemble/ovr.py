@@ -162,4 +162,3 @@ def fit_thresholds(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
             if f1 > best:
                 best, thresholds[index] = f1, float(threshold)
     return thresholds
-
