@@ -1,0 +1,79 @@
+r"""Accuracy of single members on one split of a run: clean, shifted copy, zoomed copy.
+
+The quick check behind results/recipe-ablation.md: how much clean accuracy a training recipe
+keeps and how much robustness it buys, member by member, before any combiner is fitted. The
+shifted copy is :func:`ensemble.shifts.shifted_copy` (one acquisition shift per image, seeded);
+the zoomed copy zooms every image (:data:`ensemble.shifts.ZOOM`). Both are made at 96 px, the
+images' own size, and resized to each member's input size.
+
+    python benchmarks/member_robustness.py --run runs/pbc-cpu --data ../shared/data/pbc96 \
+        --split val --members mobilenetv2-64-clean mobilenetv2-64 --out results/robustness-val.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ensemble.artifacts import load_keras_model
+from ensemble.data import load_dataset
+from ensemble.features import member_outputs
+from ensemble.fileio import atomic_write_json
+from ensemble.images import crop_and_resize
+from ensemble.run import RunDir
+from ensemble.shifts import ZOOM, shifted_copy
+
+SOURCE_SIZE = 96
+
+
+def copies(images: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """The clean, shifted and zoomed versions of ``images`` (all at their own size)."""
+    shifted, _ = shifted_copy(images, seed)
+    zoomed, _ = shifted_copy(images, seed, kinds=(ZOOM,))
+    return {"clean": images, "shifted": shifted, "zoomed": zoomed}
+
+
+def resized(images: np.ndarray, size: int) -> np.ndarray:
+    """``images`` at ``size`` px (Lanczos), as every member's input is made."""
+    if images.shape[1] == size:
+        return images
+    return np.stack([crop_and_resize(image, size) for image in images])
+
+
+def main() -> None:
+    """Score the named members and add their rows to the JSON file."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--members", nargs="+", required=True)
+    parser.add_argument("--seed", type=int, default=1, help="seed of the shifted/zoomed copies")
+    parser.add_argument("--tta", action="store_true", help="average the 8 dihedral views")
+    parser.add_argument("--out", type=Path, required=True, help="JSON file (updated, not replaced)")
+    args = parser.parse_args()
+
+    directory = RunDir.open(args.run)
+    run = directory.with_data(load_dataset(directory.data_source(args.data)))
+    images, labels = run.images(args.split, SOURCE_SIZE)
+    versions = copies(images, args.seed)
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    for name in args.members:
+        model = load_keras_model(directory.model_path(name))
+        size = model.input_shape[1]
+        row = {"split": args.split, "tta": args.tta, "n_images": int(len(labels))}
+        began = time.perf_counter()
+        for version, batch in versions.items():
+            probabilities, _ = member_outputs(model, resized(batch, size), tta=args.tta)
+            row[version] = round(float((probabilities.argmax(1) == labels).mean()), 4)
+        row["seconds"] = round(time.perf_counter() - began, 1)
+        results[f"{name}/{args.split}{'/tta' if args.tta else ''}"] = row
+        print(name, row, flush=True)
+        atomic_write_json(args.out, results)
+
+
+if __name__ == "__main__":
+    main()
