@@ -314,6 +314,7 @@ def test_tta_mismatch_warns_once_on_stderr(fitted_ci_run, synthetic_folder, tmp_
     ]
 
 
+@pytest.mark.large  # refits every combiner, the stacker grid included, on 8-view outputs
 def test_fit_stacker_with_tta_records_it(fitted_ci_run, synthetic_folder, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(fitted_ci_run, run)
