@@ -123,7 +123,7 @@ class FittedEnsemble:
         """Input side in pixels of a member."""
         return self.run.input_size(member)
 
-    def model(self, member: str):
+    def model(self, member: str):  # -> keras.Model (keras is imported lazily)
         """A member's Keras model, loaded in safe mode on first use."""
         if member not in self._models:
             self._models[member] = load_keras_model(self.run.model_path(member))
@@ -200,7 +200,9 @@ class FittedEnsemble:
             result[name] = combiner.combine(outputs)
         return result
 
-    def predict_proba(self, images: Images, *, tta: bool = False, batch_size: int = 256):
+    def predict_proba(
+        self, images: Images, *, tta: bool = False, batch_size: int = 256
+    ) -> np.ndarray:
         """Class probabilities ``(N, K)`` of :attr:`combiner` on ``images``."""
         return self.combine(self.member_outputs(images, tta=tta, batch_size=batch_size))
 
