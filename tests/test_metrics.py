@@ -3,12 +3,15 @@ import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_score
 
 from ensemble.metrics import (
+    INTERVAL_METHODS,
     bootstrap_intervals,
     calibration,
     coverage_accuracy,
+    intervals,
     mcnemar,
     per_class_metrics,
     summary_metrics,
+    wilson_interval,
 )
 
 RNG = np.random.default_rng(0)
@@ -45,6 +48,52 @@ def test_bootstrap_is_deterministic_and_perfect_is_degenerate():
     )
     perfect = bootstrap_intervals(LABELS, LABELS, 4, 100)
     assert perfect["macro_f1"] == (1.0, 1.0) and perfect["accuracy"] == (1.0, 1.0)
+
+
+def _loop_bootstrap(labels, predicted, n_classes, resamples=1000, seed=0):
+    """The bootstrap as it was: one scikit-learn call per resample (the reference)."""
+    import warnings
+
+    rng = np.random.default_rng(seed)
+    draws = {name: [] for name in ("accuracy", "balanced_accuracy", "macro_f1")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(resamples):
+            rows = rng.integers(0, len(labels), len(labels))
+            sample = summary_metrics(labels[rows], predicted[rows], n_classes, present_only=True)
+            for name, value in sample.items():
+                draws[name].append(value)
+    return {
+        name: (float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5)))
+        for name, values in draws.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("size", "n_classes", "right", "seed"),
+    [(300, 4, 0.8, 0), (41, 8, 0.7, 1), (25, 8, 0.5, 2), (57, 3, 0.95, 3)],
+)
+def test_vectorised_bootstrap_equals_the_loop(size, n_classes, right, seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, n_classes, size)
+    predicted = np.where(rng.random(size) < right, labels, rng.integers(0, n_classes, size))
+    expected = _loop_bootstrap(labels, predicted, n_classes, resamples=200, seed=seed)
+    received = bootstrap_intervals(labels, predicted, n_classes, resamples=200, seed=seed)
+    for name, bounds in expected.items():
+        assert received[name] == pytest.approx(bounds, abs=1e-12), name
+
+
+def test_wilson_interval_does_not_collapse_at_the_extremes():
+    low, high = wilson_interval(40, 40)
+    assert low == pytest.approx(0.9124, abs=1e-4) and high == 1.0
+    low, high = wilson_interval(0, 40)
+    assert low == 0.0 and high == pytest.approx(0.0876, abs=1e-4)
+    low, high = wilson_interval(96, 100)  # textbook value: 0.9016-0.9843
+    assert (low, high) == pytest.approx((0.9016, 0.9843), abs=1e-4)
+    labels = np.arange(40) % 8
+    perfect = intervals(labels, labels, 8)
+    assert perfect["accuracy"][0] < 0.95 and perfect["accuracy"][1] == 1.0
+    assert set(perfect) == set(INTERVAL_METHODS)
 
 
 def test_mcnemar_known_cases():
