@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from ensemble.claims import (
+    DEFAULT_HEARTBEAT,
+    DEFAULT_TIMEOUT,
+    describe,
+    is_stale,
+    read_claim,
+    try_claim,
+)
 from ensemble.data import Dataset
 from ensemble.errors import ConfigError, RunError
 from ensemble.fileio import atomic_write_json
@@ -23,15 +33,42 @@ def train_pipeline_members(
     only: list[str] | None = None,
     force: bool = False,
     strategy: str = "default",
+    claim_timeout: float = DEFAULT_TIMEOUT,
+    heartbeat_every: float = DEFAULT_HEARTBEAT,
+    poll_seconds: float = 2.0,
 ) -> dict[str, dict]:
     """Create or reuse the run's split, then train each member in turn.
 
     Finished members are skipped (unless ``force``); an interrupted member resumes after its
-    last completed epoch. ``only`` restricts training to named members, so separate machines
-    can train different members into one shared run directory.
+    last completed epoch. ``only`` restricts training to named members. Several drivers (on
+    one machine or several, sharing the run directory) can run at once: each member is
+    claimed before training (:mod:`ensemble.claims`), so no two train the same member; a
+    driver waits for members claimed by another, and takes over a stale claim.
 
     Returns:
         Member name → metrics, for the members trained or found finished.
+
+    Raises:
+        ConfigError: ``only`` names a member that is not in the pipeline.
+    """
+    selected = select_members(pipeline, only)
+    run = create_or_open_run(run_dir, dataset, pipeline)
+    record_pipeline_members(run, pipeline)
+    outcomes = train_run_members(
+        run,
+        pipeline,
+        selected,
+        force=force,
+        strategy=strategy,
+        claim_timeout=claim_timeout,
+        heartbeat_every=heartbeat_every,
+        poll_seconds=poll_seconds,
+    )
+    return {name: outcome.metrics for name, outcome in outcomes.items()}
+
+
+def select_members(pipeline: PipelineSpec, only: list[str] | None) -> list[str]:
+    """The pipeline's members that ``only`` names (all if ``None``), in pipeline order.
 
     Raises:
         ConfigError: ``only`` names a member that is not in the pipeline.
@@ -42,23 +79,136 @@ def train_pipeline_members(
             raise ConfigError(
                 f"--only {name!r} is not a member of {pipeline.name}. Members: {names}"
             )
-    run = create_or_open_run(run_dir, dataset, pipeline)
-    record_pipeline_members(run, pipeline)
+    return [name for name in names if not only or name in only]
+
+
+@dataclass(frozen=True)
+class MemberOutcome:
+    """What became of one member in a train-members call."""
+
+    name: str
+    metrics: dict  # the member's metrics.json
+    status: str  # "trained", "already trained" or "trained by another worker"
+    seconds: float  # wall time this call spent training it (0 if it did not)
+    host: str  # the host that trained it in this call (this one, or the other worker's)
+
+
+def dependencies(spec: MemberSpec, names: list[str]) -> list[str]:
+    """Members of the pipeline ``spec`` starts from: its one-vs-rest base, its ``init_from``."""
+    found = []
+    if spec.kind == "ovr":
+        found.append(spec.ovr.base_member)
+    if spec.init_from and spec.init_from in names:
+        found.append(spec.init_from)
+    return found
+
+
+def train_run_members(
+    run: Run,
+    pipeline: PipelineSpec,
+    selected: list[str],
+    *,
+    force: bool = False,
+    strategy: str = "default",
+    claim_timeout: float = DEFAULT_TIMEOUT,
+    heartbeat_every: float = DEFAULT_HEARTBEAT,
+    poll_seconds: float = 2.0,
+) -> dict[str, MemberOutcome]:
+    """Train the ``selected`` members of an opened run, each under a claim.
+
+    A member is trained only once its dependencies (:func:`dependencies`) are finished; one
+    claimed by a live worker elsewhere is waited for, one whose claim went stale is taken
+    over (training resumes from its checkpoint). A dependency that is neither selected,
+    finished nor claimed fails as before (``RunError`` naming the member to train first).
+
+    Returns:
+        Member name → :class:`MemberOutcome`, in pipeline order.
+    """
+    names = [member.name for member in pipeline.members]
     distribute = _strategy(strategy)
-    results = {}
-    for spec in pipeline.members:
-        if only and spec.name not in only:
+    pending = [spec for spec in pipeline.members if spec.name in selected]
+    outcomes: dict[str, MemberOutcome] = {}
+    seen_elsewhere: dict[str, dict] = {}
+    while pending:
+        progressed = False
+        for spec in list(pending):
+            member_dir = run.member_dir(spec.name)
+            if is_finished(member_dir) and (not force or spec.name in seen_elsewhere):
+                outcomes[spec.name] = _found_finished(spec.name, member_dir, seen_elsewhere)
+                pending.remove(spec)
+                progressed = True
+                continue
+            if _waits_for_dependency(spec, run, names, [p.name for p in pending], claim_timeout):
+                continue
+            claim = try_claim(
+                run.root, spec.name, timeout=claim_timeout, heartbeat_every=heartbeat_every
+            )
+            if claim is None:
+                holder = read_claim(run.root, spec.name)
+                if holder is not None and spec.name not in seen_elsewhere:
+                    print(
+                        f"{spec.name}: being trained by {describe(holder)}; waiting",
+                        file=sys.stderr,
+                    )
+                    seen_elsewhere[spec.name] = holder
+                continue
+            with claim:
+                if claim.taken_over is not None:
+                    print(
+                        f"{spec.name}: took over the stale claim of "
+                        f"{describe(claim.taken_over)}; resuming",
+                        file=sys.stderr,
+                    )
+                if is_finished(member_dir) and (not force or spec.name in seen_elsewhere):
+                    outcome = _found_finished(spec.name, member_dir, seen_elsewhere)
+                else:
+                    outcome = _train_claimed(spec, run, names, force, distribute)
+                if claim.lost:
+                    print(
+                        f"warning: {spec.name}: another worker took over this member's "
+                        "claim while it trained (no heartbeat within the timeout)",
+                        file=sys.stderr,
+                    )
+            outcomes[spec.name] = outcome
+            pending.remove(spec)
+            progressed = True
+        if pending and not progressed:
+            time.sleep(poll_seconds)
+    return {name: outcomes[name] for name in names if name in outcomes}
+
+
+def _waits_for_dependency(
+    spec: MemberSpec, run: Run, names: list[str], pending: list[str], timeout: float
+) -> bool:
+    """True if a member ``spec`` starts from is still to be trained here or by another worker."""
+    for source in dependencies(spec, names):
+        if is_finished(run.member_dir(source)):
             continue
-        member_dir = run.member_dir(spec.name)
-        if is_finished(member_dir) and not force:
-            print(f"{spec.name}: already trained, skipped (--force retrains)", file=sys.stderr)
-            results[spec.name] = json.loads((member_dir / FINISHED).read_text())
-            continue
-        print(f"{spec.name}: training ({_describe(spec)})", file=sys.stderr)
-        began = time.perf_counter()
-        results[spec.name] = _train_one(spec, run, names, force=force, strategy=distribute)
-        print(f"{spec.name}: done in {time.perf_counter() - began:.0f} s", file=sys.stderr)
-    return results
+        if source in pending:
+            return True
+        holder = read_claim(run.root, source)
+        if holder is not None and not is_stale(holder, timeout):
+            return True  # trained elsewhere right now
+    return False
+
+
+def _train_claimed(spec: MemberSpec, run: Run, names, force: bool, distribute) -> MemberOutcome:
+    print(f"{spec.name}: training ({_describe(spec)})", file=sys.stderr)
+    began = time.perf_counter()
+    metrics = _train_one(spec, run, names, force=force, strategy=distribute)
+    seconds = time.perf_counter() - began
+    print(f"{spec.name}: done in {seconds:.0f} s", file=sys.stderr)
+    return MemberOutcome(spec.name, metrics, "trained", seconds, socket.gethostname())
+
+
+def _found_finished(name: str, member_dir: Path, seen_elsewhere: dict) -> MemberOutcome:
+    metrics = json.loads((member_dir / FINISHED).read_text())
+    if name in seen_elsewhere:
+        host = seen_elsewhere[name].get("host", "?")
+        print(f"{name}: trained by another worker ({host})", file=sys.stderr)
+        return MemberOutcome(name, metrics, "trained by another worker", 0.0, host)
+    print(f"{name}: already trained, skipped (--force retrains)", file=sys.stderr)
+    return MemberOutcome(name, metrics, "already trained", 0.0, "")
 
 
 def _describe(spec: MemberSpec) -> str:

@@ -26,7 +26,7 @@ import numpy as np
 from ensemble import FORMAT_VERSION, __version__
 from ensemble.data import Dataset
 from ensemble.errors import RunError
-from ensemble.fileio import atomic_write_json, atomic_write_text
+from ensemble.fileio import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from ensemble.images import file_sha256
 from ensemble.specs import MemberSpec, PipelineSpec, member_spec_from_dict
 from ensemble.split import Split, load_split, make_split, save_split
@@ -53,12 +53,21 @@ class RunDir:
 
     @classmethod
     def open(cls, root: Path | str) -> RunDir:
-        """Open an existing run directory.
+        """Open an existing run directory, removing what killed writes left in it.
+
+        Temporary files of atomic writes that a killed process left behind (untouched for an
+        hour, so not a write in progress on another node) are deleted; a read-only run
+        directory is opened as it is.
 
         Raises:
             RunError: ``root`` is not a run directory, or was written by another format version.
         """
-        return cls(Path(root), read_manifest(root))
+        manifest = read_manifest(root)
+        try:
+            remove_stale_temporaries(root)
+        except OSError:  # read-only or shared with other users: cleaning is best effort
+            pass
+        return cls(Path(root), manifest)
 
     # Paths: the only place that knows the layout.
 
