@@ -222,6 +222,24 @@ def train_members(
     ] = Strategy.default,
     classes: ClassesOption = None,
     data_root: DataRootOption = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="local|auto|ADDRESS",
+            help="Train each member as a Ray task: 'local' starts a cluster here, 'auto' joins "
+            "this node's cluster, or a cluster ADDRESS. The run directory must be on storage "
+            "every node mounts at the same path. Needs pip install 'blood-ensemble[ray]'.",
+        ),
+    ] = None,
+    num_cpus: Annotated[
+        float | None,
+        typer.Option(min=0.01, help="With --ray: CPUs per member task (default 1, or the spec's)."),
+    ] = None,
+    num_gpus: Annotated[
+        float | None,
+        typer.Option(min=0, help="With --ray: GPUs per member task (default 0, or the spec's)."),
+    ] = None,
 ) -> None:
     """Split the data (once, saved) and train each member; resumable after any interruption."""
     from ensemble.members import train_pipeline_members
@@ -232,9 +250,29 @@ def train_members(
     dataset = _load(data, classes, data_root)
     run_dir = run or Path("runs") / recipe.name
     names = [name.strip() for value in only or [] for name in value.split(",") if name.strip()]
-    results = train_pipeline_members(
-        recipe, dataset, run_dir, only=names or None, force=force, strategy=strategy.value
-    )
+    if ray_address is None and (num_cpus is not None or num_gpus is not None):
+        raise typer.BadParameter("--num-cpus and --num-gpus apply with --ray only")
+    if ray_address is not None:
+        if strategy is not Strategy.default:
+            raise typer.BadParameter("--strategy mirrored trains on one machine; drop --ray")
+        from ensemble.ray_training import summary, train_members_on_ray
+
+        ray_results = train_members_on_ray(
+            recipe,
+            dataset,
+            run_dir,
+            address=ray_address,
+            only=names or None,
+            force=force,
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+        )
+        typer.echo(summary(ray_results))
+        results = {name: result.metrics for name, result in ray_results.items()}
+    else:
+        results = train_pipeline_members(
+            recipe, dataset, run_dir, only=names or None, force=force, strategy=strategy.value
+        )
     for name, metrics in results.items():
         typer.echo(
             f"{name}: val accuracy {metrics['val_accuracy']:.4f}, macro-F1 "
@@ -244,6 +282,30 @@ def train_members(
     typer.echo(f"run directory: {run_dir}")
 
 
+class ConformalScore(StrEnum):
+    """Conformity score of the prediction sets (see ensemble.conformal)."""
+
+    lac = "lac"
+    aps = "aps"
+    raps = "raps"
+
+
+class OodMethod(StrEnum):
+    """Out-of-distribution score (see ensemble.ood); ``none`` fits no detector."""
+
+    mahalanobis = "mahalanobis"
+    knn = "knn"
+    max_softmax = "max_softmax"
+    none = "none"
+
+
+class ReferRule(StrEnum):
+    """What ``abstain`` follows (see ensemble.referral)."""
+
+    conformal = "conformal"
+    agreement = "agreement"
+
+
 @app.command("fit-stacker")
 def fit_stacker(
     run: Annotated[Path, typer.Option(help="Run directory made by train-members.")],
@@ -251,7 +313,8 @@ def fit_stacker(
         Path | None, typer.Option(help="The run's data (default: the path in its manifest).")
     ] = None,
     seed: Annotated[
-        int, typer.Option(help="Seed of the blend cross-validation folds and of XGBoost.")
+        int,
+        typer.Option(help="Seed of the blend halves, the cross-validation folds and XGBoost."),
     ] = 0,
     tta: Annotated[
         bool,
@@ -260,16 +323,67 @@ def fit_stacker(
             "report with --tta too)."
         ),
     ] = False,
+    score: Annotated[
+        ConformalScore, typer.Option(help="Conformity score of the prediction sets.")
+    ] = ConformalScore.lac,
+    mondrian: Annotated[
+        bool,
+        typer.Option(help="One threshold per class: coverage per class, larger sets."),
+    ] = False,
+    alpha: Annotated[
+        float,
+        typer.Option(
+            help="Default miss rate of the prediction sets (predict --alpha overrides it).",
+        ),
+    ] = 0.01,
+    ood: Annotated[
+        OodMethod, typer.Option(help="Out-of-distribution score of the referral.")
+    ] = OodMethod.mahalanobis,
+    ood_referral: Annotated[
+        float,
+        typer.Option(
+            help="Share of clean images the OOD threshold refers.",
+        ),
+    ] = 0.02,
     classes: ClassesOption = None,
     data_root: DataRootOption = None,
 ) -> None:
-    """Fit temperatures, voting combiners, greedy selection and the XGBoost stacker on blend."""
+    """Fit temperatures, combiners and the XGBoost stacker on blend; calibrate the referral.
+
+    The combiners are fitted on one half of blend and the conformal prediction sets calibrated
+    on the other; the OOD detector is fitted on val and calibrated on blend.
+    """
     from ensemble.fitting import fit_combiners
 
     opened = _open_run(run, data, classes, data_root)
-    selection = fit_combiners(opened, seed=seed, tta=tta)
+    selection = fit_combiners(
+        opened,
+        seed=seed,
+        tta=tta,
+        score=score.value,
+        mondrian=mondrian,
+        alpha=alpha,
+        ood_method=None if ood is OodMethod.none else ood.value,
+        ood_referral=ood_referral,
+    )
     for name, accuracy in selection.cv_accuracy_on_blend.items():
         typer.echo(f"{name:<20} cross-validated blend accuracy {accuracy:.4f}")
+    calibration = selection.calibration
+    for note in calibration["warnings"]:
+        typer.echo(f"warning: {note}", err=True)
+    conformal = calibration["conformal"]
+    typer.echo(
+        f"prediction sets: {conformal['score']}{' Mondrian' if conformal['mondrian'] else ''}, "
+        f"alpha {conformal['alpha']}, calibrated on {conformal['n_images']} blend images "
+        f"(combiners fitted on the other {calibration['n_blend_fit']})"
+    )
+    if calibration["ood"]:
+        detector = calibration["ood"]
+        typer.echo(
+            f"OOD referral: {detector['method']} fitted on {detector['n_fit']} val images, "
+            f"threshold {detector['threshold']:.3f} refers {detector['target_referral']:.1%} "
+            f"of {detector['n_calibration']} clean blend images"
+        )
     typer.echo(f"default combiner: {selection.default_combiner} (written to {run}/combiners)")
 
 
@@ -282,14 +396,36 @@ def predict(
         typer.Option(help="stack|hard|soft|weighted|greedy|ovr|<member>; default: best on blend."),
     ] = None,
     tta: Annotated[bool, typer.Option(help="Average over the 8 dihedral views.")] = False,
-    out: Annotated[Path, typer.Option(help="Output file.")] = Path("predictions.csv"),
-    json_output: Annotated[bool, typer.Option("--json", help="Write JSON instead of CSV.")] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Output file (default predictions.csv, or predictions.json with --json)."
+        ),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Write JSON (a header, then one object per file).")
+    ] = False,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
+    alpha: Annotated[
+        float | None,
+        typer.Option(
+            help="Miss rate of the prediction sets (default: the calibrated one, 0.01).",
+        ),
+    ] = None,
+    refer: Annotated[
+        ReferRule | None,
+        typer.Option(
+            help="What abstain follows: 'conformal' = refer unless the set is exactly the "
+            "prediction and the image is not out of distribution (default once calibrated); "
+            "'agreement' = --min-agreement / --min-confidence."
+        ),
+    ] = None,
     min_agreement: Annotated[
-        float, typer.Option(help="Abstain (refer to a human) below this member agreement.")
+        float,
+        typer.Option(help="--refer agreement: abstain (refer) below this member agreement."),
     ] = 0.5,
     min_confidence: Annotated[
-        float, typer.Option(help="Abstain (refer to a human) below this confidence.")
+        float, typer.Option(help="--refer agreement: abstain (refer) below this confidence.")
     ] = 0.5,
 ) -> None:
     """Classify every image under FOLDER.
@@ -309,8 +445,10 @@ def predict(
         batch_size=batch_size,
         min_agreement=min_agreement,
         min_confidence=min_confidence,
+        alpha=alpha,
+        refer=refer.value if refer else None,
     )
-    write_predictions(result, out, json_output)
+    out = write_predictions(result, out, json_output)
     rate = result.n_predicted / max(result.seconds, 1e-9)
     typer.echo(
         f"{result.n_predicted} predicted, {result.n_skipped} skipped, {result.seconds:.1f} s, "
