@@ -1,0 +1,164 @@
+"""Scaling out on a local Ray cluster started by the tests (``ray.init(num_cpus=2)``)."""
+
+import json
+import os
+import shutil
+import signal
+import stat
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+ray = pytest.importorskip(
+    "ray", reason="Ray is not installed (optional extra): pip install -e '.[dev,ray]'"
+)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local two-CPU Ray cluster; workers inherit umask 022 (artifacts must be 0644)."""
+    previous = os.umask(0o022)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()
+    os.umask(previous)
+
+
+@pytest.fixture
+def ci(synthetic_folder):
+    from ensemble.data import load_dataset
+    from ensemble.specs import load_pipeline
+
+    return load_pipeline(REPO / "pipelines/ci.toml"), load_dataset(synthetic_folder)
+
+
+def _weights(path):
+    from ensemble.artifacts import load_keras_model
+
+    return load_keras_model(path).get_weights()
+
+
+def test_without_ray_the_option_says_how_to_install(monkeypatch):
+    import builtins
+
+    from ensemble.errors import ConfigError
+    from ensemble.ray_training import require_ray
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(ConfigError, match=r"pip install 'blood-ensemble\[ray\]'"):
+        require_ray()
+
+
+def test_member_resources_spec_then_command_line():
+    from types import SimpleNamespace
+
+    from ensemble.ray_training import member_resources
+
+    plain = SimpleNamespace(name="a")
+    assert member_resources(plain, None, None) == (1.0, 0.0)
+    assert member_resources(plain, 2, 1) == (2.0, 1.0)
+    asks = SimpleNamespace(name="b", num_cpus=4, num_gpus=0.5)  # a future MemberSpec field
+    assert member_resources(asks, 2, 1) == (4.0, 0.5)
+
+
+def test_member_larger_than_any_node_is_refused(cluster, ci, tmp_path):
+    from ensemble.errors import ConfigError
+    from ensemble.ray_training import train_members_on_ray
+
+    pipeline, dataset = ci
+    with pytest.raises(ConfigError, match="largest node of the cluster has 2 CPUs"):
+        train_members_on_ray(pipeline, dataset, tmp_path / "run", num_cpus=3)
+
+
+@pytest.mark.large
+def test_parallel_training_equals_sequential(cluster, ci, trained_ci, tmp_path):
+    """Members trained as parallel Ray tasks (1 CPU each) equal the sequential ones."""
+    from ensemble.ray_training import summary, train_members_on_ray
+
+    pipeline, dataset = ci
+    run = tmp_path / "run"
+    results = train_members_on_ray(pipeline, dataset, run, num_cpus=1)
+    assert list(results) == ["tiny-a", "tiny-b", "tiny-ovr"]
+    assert {result.status for result in results.values()} == {"trained"}
+    assert all(result.threads == 1 for result in results.values())
+    table = summary(results)
+    assert "tiny-ovr" in table and "1 CPU (1 TF threads)" in table
+    for name in results:
+        ours = _weights(run / "members" / name / "model.keras")
+        sequential = _weights(trained_ci.run / "members" / name / "model.keras")
+        for a, b in zip(ours, sequential, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
+    # Artifacts written by the workers follow the umask (022 → 0644); no claims are left.
+    for path in (run / "members" / "tiny-a").rglob("*"):
+        if path.is_file():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    assert not list((run / "claims").glob("*.json"))
+
+
+@pytest.mark.large
+def test_member_claimed_by_another_driver_is_not_trained_twice(cluster, ci, trained_ci, tmp_path):
+    from ensemble.claims import try_claim
+    from ensemble.ray_training import train_members_on_ray
+    from ensemble.run import create_or_open_run
+
+    pipeline, dataset = ci
+    run = create_or_open_run(tmp_path / "run", dataset, pipeline)
+    other = try_claim(run.root, "tiny-b")  # another driver (this process, alive) has it
+
+    def other_driver_finishes():
+        time.sleep(8)
+        shutil.copytree(trained_ci.run / "members" / "tiny-b", run.member_dir("tiny-b"))
+        other.release()
+
+    helper = threading.Thread(target=other_driver_finishes)
+    helper.start()
+    results = train_members_on_ray(
+        pipeline, dataset, run.root, only=["tiny-b"], num_cpus=1, poll_seconds=0.5
+    )
+    helper.join()
+    assert results["tiny-b"].status == "trained by another worker"
+    assert results["tiny-b"].seconds == 0.0
+
+
+@pytest.mark.large
+def test_killed_task_is_retried_from_its_checkpoint(cluster, ci, tmp_path):
+    """SIGKILL the worker once an epoch is saved: Ray reruns the task, which resumes."""
+    from ensemble.claims import read_claim
+    from ensemble.ray_training import train_members_on_ray
+
+    pipeline, dataset = ci
+    run = tmp_path / "run"
+    state = run / "members" / "tiny-b" / "checkpoint" / "state.json"
+    killed = {}
+
+    def kill_after_first_epoch():
+        deadline = time.time() + 600
+        while not state.exists() and time.time() < deadline:
+            time.sleep(0.02)
+        claim = read_claim(run, "tiny-b")
+        if claim is not None:
+            killed["epoch"] = json.loads(state.read_text())["epoch"]
+            os.kill(claim["pid"], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_after_first_epoch)
+    killer.start()
+    results = train_members_on_ray(pipeline, dataset, run, only=["tiny-b"], num_cpus=1)
+    killer.join()
+    assert results["tiny-b"].status == "trained"
+    history = json.loads((run / "members" / "tiny-b" / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert killed.get("epoch", 0) >= 1  # the kill happened after a saved epoch
