@@ -28,27 +28,38 @@ def data():
     return TrainingData(train_images, train_labels, val_images, val_labels, 8)
 
 
-def test_loss_falls(data, tmp_path):
-    spec = member_spec_from_dict(TINY)
-    train_member(spec, data, tmp_path / "m", verbose=0)
-    history = json.loads((tmp_path / "m" / "history.json").read_text())
+@pytest.fixture(scope="module")
+def finished(data, tmp_path_factory):
+    """TINY trained to the end once for the tests that only read its files (do not modify)."""
+    member_dir = tmp_path_factory.mktemp("finished") / "m"
+    metrics = train_member(member_spec_from_dict(TINY), data, member_dir, verbose=0)
+    return member_dir, metrics
+
+
+def test_loss_falls(finished):
+    member_dir, metrics = finished
+    history = json.loads((member_dir / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert history[-1]["loss"] < history[0]["loss"]
-    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert metrics == json.loads((member_dir / "metrics.json").read_text())
     assert set(metrics) >= {"val_accuracy", "val_macro_f1", "train_seconds", "images_per_second"}
-    assert (tmp_path / "m" / "tensorboard").is_dir()
+    assert (member_dir / "tensorboard").is_dir()
 
 
-def test_finished_member_is_its_best_epoch(data, tmp_path):
+def test_finished_member_is_its_best_epoch(data, finished):
     """model.keras, loaded in safe mode, scores on val exactly what training recorded for it."""
-    spec = member_spec_from_dict(TINY)
-    metrics = train_member(spec, data, tmp_path / "m", verbose=0)
-    model = load_keras_model(tmp_path / "m" / "model.keras")
+    member_dir, metrics = finished
+    model = load_keras_model(member_dir / "model.keras")
     predicted = model.predict(data.val_images.astype("float32"), verbose=0).argmax(axis=1)
     assert round(float((predicted == data.val_labels).mean()), 6) == metrics["val_accuracy"]
-    history = json.loads((tmp_path / "m" / "history.json").read_text())
+    history = json.loads((member_dir / "history.json").read_text())
     best = max(history, key=lambda row: row["val_accuracy"])
     assert metrics["best_epoch"] == best["epoch"]
+
+
+def test_no_temporary_files_left(finished):
+    leftovers = [p.name for p in finished[0].rglob(".*") if p.is_file()]
+    assert leftovers == []
 
 
 def test_member_model_round_trips_in_safe_mode(tmp_path):
@@ -120,13 +131,6 @@ def test_from_scratch_batch_norm_momentum_is_short():
         if isinstance(layer, keras.layers.BatchNormalization)
     }
     assert momenta == {0.9}
-
-
-def test_no_temporary_files_left(data, tmp_path):
-    spec = member_spec_from_dict(TINY | {"schedule": {"epochs": 1, "warmup_epochs": 0}})
-    train_member(spec, data, tmp_path / "m", verbose=0)
-    leftovers = [p.name for p in (tmp_path / "m").rglob(".*") if p.is_file()]
-    assert leftovers == []
 
 
 @pytest.mark.large
