@@ -120,6 +120,9 @@ class MemberSpec:
     init_from: str = ""  # start from trained weights: an earlier member of the pipeline (its
     #   name) or a .keras file of the same architecture; "" = the `weights` setting
     combine: bool = True  # false: a stage other members start from, left out of the combiners
+    num_cpus: float | None = None  # CPUs of this member's Ray task (train-members --ray);
+    #   unset = the command line's --num-cpus, else 1
+    num_gpus: float | None = None  # GPUs of this member's Ray task; unset = --num-gpus, else 0
     head: HeadSpec = field(default_factory=HeadSpec)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
@@ -141,6 +144,12 @@ class MemberSpec:
         )
         if self.kind == "ovr":
             require(bool(self.ovr.base_member), "ovr.base_member", "a member name", "")
+        for key, low_open in (("num_cpus", True), ("num_gpus", False)):
+            value = getattr(self, key)
+            if value is not None:
+                is_number = isinstance(value, int | float) and not isinstance(value, bool)
+                require(is_number, key, "a number", value)
+                check_range(self, key, 0, low_open=low_open)
 
     @property
     def pretrained(self) -> bool:

@@ -346,9 +346,9 @@ def _evaluate(model, data: TrainingData) -> tuple[float, float]:
     return round(accuracy, 6), round(f1, 6)
 
 
-#: Spec fields that do not change how a member is trained (only whether the combiners use it):
-#: changing them later does not make a trained member stale.
-NOT_TRAINING_FIELDS = ("combine",)
+#: Spec fields that do not change what a member learns (whether the combiners use it, what a
+#: Ray task reserves for it): changing them later does not make a trained member stale.
+NOT_TRAINING_FIELDS = ("combine", "num_cpus", "num_gpus")
 
 
 def _check_or_write_spec(spec: MemberSpec, member_dir: Path) -> None:

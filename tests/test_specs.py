@@ -28,6 +28,9 @@ BAD_SPECS = [
     ({"schedule": {"learning_rate": False}}, "learning_rate must be a number. Received"),
     ({"seed": 1.5}, "seed must be a whole number. Received: seed=1.5"),
     ({"combine": "yes"}, "combine must be true or false. Received: combine='yes'"),
+    ({"num_cpus": 0}, "num_cpus must be > 0. Received: num_cpus=0"),
+    ({"num_cpus": True}, "num_cpus must be a number. Received: num_cpus=True"),
+    ({"num_gpus": -1}, "num_gpus must be >= 0. Received: num_gpus=-1"),
     ({"augmentation": {"zoom_probability": 1.5}}, "augmentation.zoom_probability must be in"),
     ({"augmentation": {"zoom_max": 0.5}}, "augmentation.zoom_max must be in \\[1, 4\\]"),
     (
