@@ -25,7 +25,11 @@ def minutes(run: RunDir, name: str) -> tuple[float, float]:
     """Training minutes of ``name`` alone, and including the stages it started from."""
     own = run.training_metrics(name)["train_seconds"] / 60
     spec = run.member_spec(name)
-    before = minutes(run, spec.init_from)[1] if spec.init_from in run.trained_members() else 0.0
+    before = (
+        minutes(run, spec.init_from)[1]
+        if spec.init_from and run.is_finished(spec.init_from)
+        else 0.0
+    )
     return own, own + before
 
 
@@ -49,11 +53,12 @@ def table(run: RunDir, rows: dict, split: str) -> list[str]:
         "| member | recipe | minutes (with its stage 1) | clean | shifted | zoomed |",
         "|---|---|---|---|---|---|",
     ]
+    measured = []
     for key, row in rows.items():
         name, row_split, *tta = key.split("/")
-        if row_split != split or tta:
-            continue
-        own, total = minutes(run, name)
+        if row_split == split and not tta:
+            measured.append((minutes(run, name), name, row))
+    for (own, total), name, row in sorted(measured, key=lambda item: item[0][1]):
         lines.append(
             f"| {name} | {recipe(run, name)} | {own:.1f} ({total:.1f}) | {row['clean']:.4f} | "
             f"{row['shifted']:.4f} | {row['zoomed']:.4f} |"
