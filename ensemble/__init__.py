@@ -1,7 +1,22 @@
-"""blood-ensemble: classify blood-cell images with an ensemble of separately trained CNN members."""
+"""blood-ensemble: classify blood-cell images with an ensemble of separately trained CNN members.
+
+The public Python API is :class:`Ensemble` (``from ensemble import Ensemble``), imported on
+first use so that ``import ensemble`` stays light (no NumPy, TensorFlow or XGBoost).
+"""
 
 __version__ = "0.1.0"
 
 #: Version of the on-disk layout of split files and run directories. A run written by another
 #: format version is refused instead of being misread.
 FORMAT_VERSION = 1
+
+__all__ = ["Ensemble", "FORMAT_VERSION", "__version__"]
+
+
+def __getattr__(name: str):
+    """``ensemble.Ensemble``, imported when first asked for (PEP 562)."""
+    if name == "Ensemble":
+        from ensemble.api import Ensemble
+
+        return Ensemble
+    raise AttributeError(f"module 'ensemble' has no attribute {name!r}")

@@ -313,7 +313,8 @@ def fit_stacker(
         Path | None, typer.Option(help="The run's data (default: the path in its manifest).")
     ] = None,
     seed: Annotated[
-        int, typer.Option(help="Seed of the blend cross-validation folds and of XGBoost.")
+        int,
+        typer.Option(help="Seed of the blend halves, the cross-validation folds and XGBoost."),
     ] = 0,
     tta: Annotated[
         bool,
@@ -322,16 +323,67 @@ def fit_stacker(
             "report with --tta too)."
         ),
     ] = False,
+    score: Annotated[
+        ConformalScore, typer.Option(help="Conformity score of the prediction sets.")
+    ] = ConformalScore.lac,
+    mondrian: Annotated[
+        bool,
+        typer.Option(help="One threshold per class: coverage per class, larger sets."),
+    ] = False,
+    alpha: Annotated[
+        float,
+        typer.Option(
+            help="Default miss rate of the prediction sets (predict --alpha overrides it).",
+        ),
+    ] = 0.01,
+    ood: Annotated[
+        OodMethod, typer.Option(help="Out-of-distribution score of the referral.")
+    ] = OodMethod.mahalanobis,
+    ood_referral: Annotated[
+        float,
+        typer.Option(
+            help="Share of clean images the OOD threshold refers.",
+        ),
+    ] = 0.02,
     classes: ClassesOption = None,
     data_root: DataRootOption = None,
 ) -> None:
-    """Fit temperatures, voting combiners, greedy selection and the XGBoost stacker on blend."""
+    """Fit temperatures, combiners and the XGBoost stacker on blend; calibrate the referral.
+
+    The combiners are fitted on one half of blend and the conformal prediction sets calibrated
+    on the other; the OOD detector is fitted on val and calibrated on blend.
+    """
     from ensemble.fitting import fit_combiners
 
     opened = _open_run(run, data, classes, data_root)
-    selection = fit_combiners(opened, seed=seed, tta=tta)
+    selection = fit_combiners(
+        opened,
+        seed=seed,
+        tta=tta,
+        score=score.value,
+        mondrian=mondrian,
+        alpha=alpha,
+        ood_method=None if ood is OodMethod.none else ood.value,
+        ood_referral=ood_referral,
+    )
     for name, accuracy in selection.cv_accuracy_on_blend.items():
         typer.echo(f"{name:<20} cross-validated blend accuracy {accuracy:.4f}")
+    calibration = selection.calibration
+    for note in calibration["warnings"]:
+        typer.echo(f"warning: {note}", err=True)
+    conformal = calibration["conformal"]
+    typer.echo(
+        f"prediction sets: {conformal['score']}{' Mondrian' if conformal['mondrian'] else ''}, "
+        f"alpha {conformal['alpha']}, calibrated on {conformal['n_images']} blend images "
+        f"(combiners fitted on the other {calibration['n_blend_fit']})"
+    )
+    if calibration["ood"]:
+        detector = calibration["ood"]
+        typer.echo(
+            f"OOD referral: {detector['method']} fitted on {detector['n_fit']} val images, "
+            f"threshold {detector['threshold']:.3f} refers {detector['target_referral']:.1%} "
+            f"of {detector['n_calibration']} clean blend images"
+        )
     typer.echo(f"default combiner: {selection.default_combiner} (written to {run}/combiners)")
 
 
@@ -344,14 +396,36 @@ def predict(
         typer.Option(help="stack|hard|soft|weighted|greedy|ovr|<member>; default: best on blend."),
     ] = None,
     tta: Annotated[bool, typer.Option(help="Average over the 8 dihedral views.")] = False,
-    out: Annotated[Path, typer.Option(help="Output file.")] = Path("predictions.csv"),
-    json_output: Annotated[bool, typer.Option("--json", help="Write JSON instead of CSV.")] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Output file (default predictions.csv, or predictions.json with --json)."
+        ),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Write JSON (a header, then one object per file).")
+    ] = False,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
+    alpha: Annotated[
+        float | None,
+        typer.Option(
+            help="Miss rate of the prediction sets (default: the calibrated one, 0.01).",
+        ),
+    ] = None,
+    refer: Annotated[
+        ReferRule | None,
+        typer.Option(
+            help="What abstain follows: 'conformal' = refer unless the set is exactly the "
+            "prediction and the image is not out of distribution (default once calibrated); "
+            "'agreement' = --min-agreement / --min-confidence."
+        ),
+    ] = None,
     min_agreement: Annotated[
-        float, typer.Option(help="Abstain (refer to a human) below this member agreement.")
+        float,
+        typer.Option(help="--refer agreement: abstain (refer) below this member agreement."),
     ] = 0.5,
     min_confidence: Annotated[
-        float, typer.Option(help="Abstain (refer to a human) below this confidence.")
+        float, typer.Option(help="--refer agreement: abstain (refer) below this confidence.")
     ] = 0.5,
 ) -> None:
     """Classify every image under FOLDER.
@@ -371,8 +445,10 @@ def predict(
         batch_size=batch_size,
         min_agreement=min_agreement,
         min_confidence=min_confidence,
+        alpha=alpha,
+        refer=refer.value if refer else None,
     )
-    write_predictions(result, out, json_output)
+    out = write_predictions(result, out, json_output)
     rate = result.n_predicted / max(result.seconds, 1e-9)
     typer.echo(
         f"{result.n_predicted} predicted, {result.n_skipped} skipped, {result.seconds:.1f} s, "

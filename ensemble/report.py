@@ -38,6 +38,7 @@ from ensemble.metrics import (
     per_class_metrics,
     summary_metrics,
 )
+from ensemble.referral import referral_metrics
 from ensemble.report_render import render_markdown, write_plots
 from ensemble.run import Run, RunDir
 
@@ -297,6 +298,14 @@ def build_report(
         },
         "skipped": list(skipped or []),
     }
+    # Prediction sets and OOD referral of the default combiner (ensemble.referral).
+    metrics["referral"] = referral_metrics(
+        ensemble,
+        member_stack,
+        labels,
+        shifted=_as_member_outputs(ensemble, shifted) if shifted is not None else None,
+        shift_kinds=shift_kinds,
+    )
     atomic_write_json(out / "metrics.json", metrics)
     write_plots(models, classes, out)
     atomic_write_text(out / "report.md", render_markdown(metrics))

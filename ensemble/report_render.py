@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ensemble.referral import render_section as _referral
+
 
 def verdict(first: str, second: str, test: dict, alpha: float = 0.05) -> str:
     """One sentence saying which of two models wins on the same images, with the evidence."""
@@ -356,6 +358,7 @@ SECTIONS: tuple[Callable[[dict], list[str]], ...] = (
     _members,
     _per_class,
     _abstention,
+    _referral,  # prediction sets and OOD referral: ensemble.referral
     _skipped,
     _confusions,
 )

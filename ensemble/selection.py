@@ -2,8 +2,10 @@
 
 It names the members the combiners were fitted on with their model hashes, the fitted
 combiners, each one's cross-validated blend accuracy, the default, whether the combiners were
-fitted with test-time augmentation, and the SHA-256 of every file written beside it. Written by
-:func:`ensemble.fitting.fit_combiners`, read by :meth:`ensemble.fitted.FittedEnsemble.load`.
+fitted with test-time augmentation, how the referral was calibrated (conformal prediction sets
+and the OOD detector: settings, images, files), and the SHA-256 of every file written beside
+it. Written by :func:`ensemble.fitting.fit_combiners`, read by
+:meth:`ensemble.fitted.FittedEnsemble.load`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from ensemble.run import RunDir
 
 SELECTION = "selection.json"
 TEMPERATURES = "temperatures.json"
+CALIBRATION_SPLIT = "calibration-split.json"  # which blend images fitted, which calibrated
+OOD = "ood.json"
 #: The combiners of runs fitted before selection.json listed them.
 EARLIER_COMBINERS = ("hard", "soft", "weighted", "greedy", "stack")
 
@@ -34,6 +38,10 @@ class Selection:
         n_blend: images in the blend split.
         tta: whether the combiners were fitted on test-time-augmented outputs.
         artifact_sha256: hash of every file written beside it, checked when loading.
+        calibration: how the referral was calibrated: ``design`` (one paragraph),
+            ``split_file``, ``n_blend_fit``, ``conformal`` (settings, ``n_images``, ``models``:
+            model name → file), ``ood`` (settings, threshold, ``file``; ``None`` without a
+            detector) and ``warnings``; ``None`` for runs fitted before prediction sets.
     """
 
     members: list[str]
@@ -44,6 +52,7 @@ class Selection:
     n_blend: int
     tta: bool
     artifact_sha256: dict[str, str]
+    calibration: dict | None = None
 
     @classmethod
     def read(cls, run: RunDir) -> Selection:
@@ -65,8 +74,14 @@ class Selection:
             n_blend=saved["n_blend"],
             tta=bool(saved.get("tta", False)),
             artifact_sha256=saved.get("artifact_sha256", {}),
+            calibration=saved.get("calibration"),
         )
 
     def write(self, run: RunDir) -> None:
         """Write ``selection.json`` (last: it marks the combiners as fitted)."""
         atomic_write_json(run.combiners_dir / SELECTION, asdict(self))
+
+
+def conformal_file(model: str) -> str:
+    """The file of one combiner's or member's conformal calibration."""
+    return f"conformal-{model}.json"

@@ -81,6 +81,14 @@ def test_predict_mixed_folder(fitted_ci_run, messy_folder, tmp_path, capsys):
     for bad in ("zero.jpg", "truncated.jpg", "text.jpg"):
         assert by_path[bad]["prediction"] == "" and f"skipped {bad}" in err
     assert "5 predicted, 3 skipped" in err
+    referral = [c for c in rows[0] if c.startswith(("proba_", "prediction_set", "set_", "ood"))]
+    assert referral[:3] == ["prediction_set", "set_size", "ood_score"]
+    assert len([c for c in referral if c.startswith("proba_")]) == 8
+    good = by_path["good.png"]
+    assert sum(float(good[f"proba_{name}"]) for name in ("basophil", "platelet")) <= 1
+    assert set(good["prediction_set"].split("|")) <= {c[6:] for c in rows[0] if "proba_" in c}
+    assert int(good["set_size"]) == len(good["prediction_set"].split("|"))
+    assert by_path["zero.jpg"]["ood_score"] == "" and by_path["zero.jpg"]["set_size"] == ""
 
 
 @pytest.mark.parametrize(
@@ -95,7 +103,7 @@ def test_every_combiner_predicts_json(fitted_ci_run, synthetic_folder, tmp_path,
         capsys,
     )
     assert code == 0, err
-    records = json.loads(out.read_text())
+    records = json.loads(out.read_text())["predictions"]
     assert len(records) == 12 and all(r["prediction"] for r in records)
 
 
@@ -306,7 +314,7 @@ def test_tta_mismatch_warns_once_on_stderr(fitted_ci_run, synthetic_folder, tmp_
         ["predict", folder, "--run", fitted_ci_run, "--tta", "--out", out], capsys
     )
     assert code == 0
-    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    warnings = [line for line in err.splitlines() if "test-time augmentation" in line]
     assert warnings == [
         f"warning: the combiners of {fitted_ci_run} were fitted without test-time augmentation "
         "but are applied with it; their weights and temperatures may not fit these outputs "
@@ -357,3 +365,144 @@ def test_moved_data_names_the_recorded_path(fitted_ci_run, tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1
     assert f"is not at {tmp_path / 'moved-away'}, the path its manifest records" in err
     assert "Pass --data with the data's current location" in err
+
+
+def _predict_json(folder, run, tmp_path, capsys, *options):
+    out = tmp_path / "p.json"
+    code, _, err = run_cli(
+        ["predict", folder, "--run", run, "--json", "--out", out, *options], capsys
+    )
+    assert code == 0, err
+    return json.loads(out.read_text()), err
+
+
+def test_json_holds_numbers_booleans_nulls_and_a_header(
+    fitted_ci_run, messy_folder, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["predict", messy_folder, "--run", fitted_ci_run, "--json"], capsys)
+    assert code == 3, err
+    assert not (tmp_path / "predictions.csv").exists()  # --json without --out: predictions.json
+    written = json.loads((tmp_path / "predictions.json").read_text())
+    assert "→ predictions.json" in err
+    header = written["header"]
+    assert header["run"] == str(fitted_ci_run) and header["combiner"] in header["members"] + [
+        "hard",
+        "soft",
+        "weighted",
+        "greedy",
+        "stack",
+    ]
+    assert header["alpha"] == 0.01 and header["refer"] in ("conformal", "agreement")
+    assert header["n_predicted"] == 5 and header["n_skipped"] == 3
+    assert isinstance(header["ood_threshold"], float) and header["tta"] is False
+    rows = {row["path"]: row for row in written["predictions"]}
+    good = rows["good.png"]
+    assert isinstance(good["confidence"], float) and isinstance(good["agreement"], float)
+    assert isinstance(good["abstain"], bool) and good["error"] is None
+    assert isinstance(good["set_size"], int) and not isinstance(good["set_size"], bool)
+    assert isinstance(good["ood_score"], float) and isinstance(good["out_of_distribution"], bool)
+    probabilities = [good[f"proba_{name}"] for name in header["classes"]]
+    assert all(isinstance(p, float) for p in probabilities)
+    assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+    assert max(probabilities) == good["confidence"]
+    assert good["prediction"] == header["classes"][int(np.argmax(probabilities))]
+    broken = rows["zero.jpg"]
+    assert broken["prediction"] is None and "empty file" in broken["error"]
+    assert broken["confidence"] is None and broken["abstain"] is None
+    assert broken["ood_score"] is None and broken["proba_platelet"] is None
+
+
+def test_refer_conformal_follows_the_set_and_agreement_the_old_rule(
+    fitted_ci_run, synthetic_folder, tmp_path, capsys
+):
+    # The ci run holds 8 calibration images: alpha 0.2 is the smallest miss rate they allow.
+    conformal, _ = _predict_json(
+        synthetic_folder, fitted_ci_run, tmp_path, capsys, "--refer", "conformal", "--alpha", "0.2"
+    )
+    assert conformal["header"]["refer"] == "conformal" and conformal["header"]["alpha"] == 0.2
+    threshold = conformal["header"]["ood_threshold"]
+    for row in conformal["predictions"]:
+        accepted = row["prediction_set"] == row["prediction"] and row["ood_score"] <= threshold
+        assert row["abstain"] is (not accepted)
+        assert row["out_of_distribution"] is (row["ood_score"] > threshold)
+    agreement, _ = _predict_json(
+        synthetic_folder,
+        fitted_ci_run,
+        tmp_path,
+        capsys,
+        "--refer",
+        "agreement",
+        "--min-agreement",
+        "0.6",
+        "--min-confidence",
+        "0.13",
+    )
+    assert agreement["header"]["refer"] == "agreement"
+    for row in agreement["predictions"]:
+        assert row["abstain"] is (row["agreement"] < 0.6 or row["confidence"] < 0.13)
+
+
+def test_default_refer_falls_back_to_agreement_when_calibration_is_too_small(
+    fitted_ci_run, synthetic_folder, tmp_path, capsys
+):
+    written, err = _predict_json(synthetic_folder / "platelet", fitted_ci_run, tmp_path, capsys)
+    assert written["header"]["refer"] == "agreement" and written["header"]["alpha"] == 0.01
+    assert "calibrated on 8 images; alpha=0.01 needs 99" in err
+    assert "abstain follows member agreement and confidence" in err
+    assert all(row["set_size"] == 8 for row in written["predictions"])  # every class
+    written, err = _predict_json(
+        synthetic_folder / "platelet", fitted_ci_run, tmp_path, capsys, "--alpha", "0.2"
+    )
+    assert written["header"]["refer"] == "conformal" and "warning" not in err
+
+
+def test_alpha_changes_set_sizes(fitted_ci_run, synthetic_folder, tmp_path, capsys):
+    sets = {}
+    for alpha in ("0.5", "0.2", "0.01"):
+        written, _ = _predict_json(
+            synthetic_folder, fitted_ci_run, tmp_path, capsys, "--alpha", alpha
+        )
+        sets[alpha] = [
+            set(filter(None, row["prediction_set"].split("|"))) for row in written["predictions"]
+        ]
+        assert [len(s) for s in sets[alpha]] == [r["set_size"] for r in written["predictions"]]
+    for small, large in (("0.5", "0.2"), ("0.2", "0.01")):  # nested: a larger alpha, a subset
+        assert all(a <= b for a, b in zip(sets[small], sets[large], strict=True))
+    size = {alpha: np.mean([len(s) for s in found]) for alpha, found in sets.items()}
+    assert size["0.5"] <= size["0.2"] <= size["0.01"] == 8  # 8 calibration images: 0.01 is all
+    assert size["0.5"] < size["0.01"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--alpha", "0"], "alpha must be a number strictly between 0 and 1"),
+        (["--alpha", "1.5"], "alpha must be a number strictly between 0 and 1"),
+        (["--refer", "vote"], "'vote' is not one of 'conformal', 'agreement'"),
+        (["--min-agreement", "2"], "min_agreement must be in [0, 1]"),
+    ],
+)
+def test_bad_referral_options_one_line(fitted_ci_run, synthetic_folder, capsys, options, message):
+    code, _, err = run_cli(
+        ["predict", synthetic_folder / "platelet", "--run", fitted_ci_run, *options], capsys
+    )
+    assert code == 2 and err.count("\n") == 1 and message in err
+
+
+def test_fit_stacker_on_a_tiny_run_warns_and_says_how_it_calibrated(fitted_ci):
+    assert fitted_ci.code == 0
+    assert "warning: only 8 blend images are held out to calibrate the prediction sets" in (
+        fitted_ci.err
+    )
+    assert "--alpha >= 0.1112" in fitted_ci.err
+    assert "warning: only 16 blend images to calibrate the OOD threshold" in fitted_ci.err
+    assert "prediction sets: lac, alpha 0.01, calibrated on 8 blend images" in fitted_ci.out
+    selection = json.loads((fitted_ci.run / "combiners/selection.json").read_text())
+    calibration = selection["calibration"]
+    assert calibration["conformal"]["n_images"] == 8 and calibration["n_blend_fit"] == 8
+    assert calibration["ood"]["fitted_on"] == "val" and calibration["ood"]["n_calibration"] == 16
+    split = json.loads((fitted_ci.run / "combiners/calibration-split.json").read_text())
+    assert not set(split["blend_fit_ids"]) & set(split["calibration_ids"])
+    for name in ("calibration-split.json", "ood.json", "conformal-soft.json"):
+        assert name in selection["artifact_sha256"]
