@@ -71,7 +71,8 @@ def test_disk_full_while_writing_predictions(
         (
             ["train-members", "--pipeline", "nope", "--data", "{data}"],
             "error: pipeline not found: give a pipeline TOML file or the name of a built-in "
-            "pipeline ['an2dl', 'ci', 'demo', 'pbc-cpu', 'pbc-cpu-ablation']. Received: pipeline='nope'",
+            "pipeline ['an2dl', 'ci', 'demo', 'pbc-cpu', 'pbc-cpu-ablation']. "
+            "Received: pipeline='nope'",
         ),
         (
             ["train-members", "--pipeline", "ci", "--data", "{data}", "--only", "tiny-a,nope"],
