@@ -256,7 +256,8 @@ def render_section(metrics: dict) -> list[str]:
     lines.append(
         f"Prediction sets of **{referral['combiner']}** at alpha = {alpha:g} (target coverage "
         f"{target:.1%}): {conformal['score'].upper()} score{mondrian}, calibrated on "
-        f"{conformal['n_calibration']} blend images that fitted nothing."
+        f"{conformal['n_calibration']} blend images that fitted neither the members nor the "
+        "combiners."
         + (
             f" Out-of-distribution score: {ood['method']}, threshold calibrated to refer "
             f"{ood['target_referral']:.1%} of {ood['n_calibration']} clean blend images."
@@ -311,8 +312,8 @@ def render_section(metrics: dict) -> list[str]:
                 "",
                 f"**Coverage on the {_IMAGE_SET_NAMES.get(name, name)} ({value:.4f}) is below the "
                 f"target {target:.4f}: the guarantee does not hold there.** It assumes images "
-                "exchangeable with the calibration images; shifted images are not. Their "
-                "protection is the out-of-distribution referral below, which has no guarantee.",
+                "exchangeable with the calibration images, and these are not. Their protection "
+                "is the out-of-distribution referral below, which has no guarantee.",
             ]
     lines += [
         "",
@@ -352,7 +353,9 @@ def render_section(metrics: dict) -> list[str]:
         )
     lines += [
         "",
-        "Accuracy on the accepted images against the referral rate, as alpha varies:",
+        "Accuracy on the accepted images against the referral rate, as alpha varies (an alpha "
+        "above the error rate gives the least typical images an empty set, which is referred: "
+        "the referral is smallest near the error rate):",
         "",
         "| images | alpha | coverage | mean set size | referred | accuracy on accepted |",
         "|---|---|---|---|---|---|",
