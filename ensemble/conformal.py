@@ -54,7 +54,7 @@ Example:
     >>> conformal = ConformalClassifier(score="aps", mondrian=True).fit(p_cal, y_cal)
     >>> sets = conformal.predict_sets(p_test, alpha=0.05)   # (N, K) bool
     >>> coverage(sets, y_test), mean_set_size(sets)
-    >>> conformal.save("runs/NAME/conformal.json", member_hashes)
+    >>> conformal.save("runs/NAME/combiners/conformal-soft.json", member_hashes)
 """
 
 from __future__ import annotations
@@ -68,23 +68,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ensemble.errors import ConfigError, RunError
+from ensemble.errors import ConfigError, NotFittedError, RunError
 from ensemble.fileio import atomic_write_json
-
-try:
-    from ensemble.errors import NotFittedError
-except ImportError:  # until the FittedEnsemble refactor adds it to ensemble.errors
-
-    class NotFittedError(RuntimeError):  # type: ignore[no-redef]  # same signature as that one
-        """A fitted-state method was called before ``fit``: a bug in the calling code.
-
-        Args:
-            what: the class that is not fitted, e.g. ``"ConformalClassifier"``.
-        """
-
-        def __init__(self, what: str) -> None:
-            super().__init__(f"{what} is not fitted yet: call fit() first (or load a fitted one).")
-
 
 SCORES = ("lac", "aps", "raps")
 DEFAULT_ALPHA = 0.01
