@@ -427,6 +427,13 @@ def predict(
     min_confidence: Annotated[
         float, typer.Option(help="--refer agreement: abstain (refer) below this confidence.")
     ] = 0.5,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write a review page here: every image as a card (referred first), a label "
+            "picker, and a 'Download corrections' button (a path,label CSV for train-members)."
+        ),
+    ] = None,
 ) -> None:
     """Classify every image under FOLDER.
 
@@ -455,6 +462,8 @@ def predict(
         f"{rate:.0f} img/s → {out}",
         err=True,
     )
+    if html:
+        _write_review_page(result, folder, run, html)
     if result.n_skipped:
         raise typer.Exit(3)
 
@@ -476,23 +485,33 @@ def report(
         ),
     ] = None,
     shifted: Annotated[
-        bool, typer.Option(help="Also score a seeded shifted copy of the same images.")
+        bool,
+        typer.Option(
+            help="Also score a seeded shifted copy of the same images (the 7 acquisition shifts)."
+        ),
     ] = True,
-    shift_seed: Annotated[int, typer.Option(help="Seed of the shifted copy.")] = 0,
+    zoomed: Annotated[
+        bool, typer.Option(help="Also score a seeded copy of the same images, every one zoomed.")
+    ] = True,
+    shift_seed: Annotated[int, typer.Option(help="Seed of the shifted and zoomed copies.")] = 0,
     tta: Annotated[
         bool, typer.Option(help="Average each member over the 8 dihedral views of each image.")
     ] = False,
     classes: ClassesOption = None,
     data_root: DataRootOption = None,
 ) -> None:
-    """Members and combiners on the same held-out images: metrics, tests, plots → report.md."""
+    """Members and combiners on the same held-out images → report.md, report.html, leaderboard.csv.
+
+    Metrics with intervals, McNemar's tests, clean vs shifted and zoomed copies, plots, and a
+    review gallery of the images the best combiner got wrong or would refer (in report.html).
+    """
     from ensemble.report import report_on_dataset, report_on_split
     from ensemble.run import RunDir
 
     directory = RunDir.open(run)
     dataset = _load(directory.data_source(data), classes, data_root)
     target = out or Path("results") / run.name
-    options = {"shifted": shifted, "shift_seed": shift_seed, "tta": tta}
+    options = {"shifted": shifted, "zoomed": zoomed, "shift_seed": shift_seed, "tta": tta}
     if dataset.fingerprint() == directory.manifest["data_fingerprint"]:
         metrics = report_on_split(directory.with_data(dataset), split.value, target, **options)
     else:
@@ -507,8 +526,26 @@ def report(
     typer.echo(
         f"best member {metrics['best_member']} accuracy "
         f"{metrics['models'][metrics['best_member']]['accuracy']:.4f}; best combiner {best} "
-        f"accuracy {metrics['models'][best]['accuracy']:.4f} → {target}/report.md"
+        f"accuracy {metrics['models'][best]['accuracy']:.4f} → {target}/report.md, "
+        f"{target}/report.html"
     )
+
+
+def _write_review_page(result, folder: Path, run: Path, html: Path) -> None:
+    from ensemble.gallery import write_review_page
+    from ensemble.run import RunDir
+
+    classes = getattr(result, "classes", None) or RunDir.open(run).classes
+    cards = write_review_page(
+        result.rows,
+        folder,
+        html,
+        classes,
+        result.members,
+        str(run),
+        header=getattr(result, "header", None),
+    )
+    typer.echo(f"review page ({cards} images, referred first) → {html}", err=True)
 
 
 def _warn_if_seen_in_training(run: Path, dataset) -> None:

@@ -1,24 +1,30 @@
 """``ensemble report``: every member and every combiner on the same held-out images.
 
-For each model: accuracy, balanced accuracy and macro-F1 with bootstrap 95 % intervals,
-per-class precision / recall / F1, expected calibration error, a confusion matrix (counts and
-row-normalised); McNemar's test for hard voting vs stacking and for each combiner vs the best
-single member; the coverage–accuracy curve when images with low member agreement are referred
-to a human; a summary table in the spirit of the report's Table 1. Written as ``metrics.json``
-(everything, including what the member table shows) and, rendered from it alone by
-:mod:`ensemble.report_render`, ``report.md`` and PNGs.
+For each model: accuracy (Wilson 95 % interval), balanced accuracy and macro-F1 (bootstrap 95 %
+intervals), per-class precision / recall / F1, expected calibration error, a confusion matrix;
+McNemar's test for hard voting vs stacking and for each combiner vs the best single member, on
+the clean images and on the shifted and zoomed copies; the coverage–accuracy curve when images
+with low member agreement are referred to a human; a summary table in the spirit of the
+report's Table 1; the images the best combiner got wrong or would refer, with thumbnails.
+Written as ``metrics.json`` (everything, including what the member table and the training
+curves show) and ``gallery/*.jpg``; rendered from those alone: ``report.md`` and PNGs
+(:mod:`ensemble.report_render`), ``report.html`` (:mod:`ensemble.report_html`) and
+``leaderboard.csv`` (:mod:`ensemble.leaderboard`).
 
 The steps, in order: what is scored (:func:`report_on_split`, :func:`report_on_dataset`), the
-members' outputs on it (cached, or :func:`outputs_for_images`), the seeded shifted copy
-(:func:`shifted_images`), the scores (:func:`score_models`, :func:`significance_tests`,
-:func:`score_shifted`), the members' details (:func:`member_details`), and the files
-(:func:`build_report`).
+members' outputs on it (cached, or :func:`outputs_for_images`), the seeded shifted and zoomed
+copies (:func:`shifted_images`), the scores (:func:`score_models`, :func:`significance_tests`,
+:func:`score_shifted`), the members' details (:func:`member_details`), the gallery
+(:func:`write_gallery`), and the files (:func:`build_report`). Each long step prints a line on
+stderr (:func:`ensemble.progress.stage`).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,23 +33,36 @@ import numpy as np
 from ensemble.combiners import MemberOutputs
 from ensemble.data import Dataset
 from ensemble.errors import DataError
-from ensemble.fileio import atomic_write_json, atomic_write_text
+from ensemble.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ensemble.fitted import FittedEnsemble
+from ensemble.gallery import MIN_AGREEMENT, MIN_CONFIDENCE, report_cards, thumbnail_jpeg
+from ensemble.leaderboard import leaderboard_csv
 from ensemble.metrics import (
-    bootstrap_intervals,
+    INTERVAL_METHODS,
     calibration,
     confusion_matrix,
     coverage_accuracy,
+    intervals,
     mcnemar,
     per_class_metrics,
     summary_metrics,
 )
+from ensemble.progress import stage
 from ensemble.referral import referral_metrics
+from ensemble.report_html import read_thumbnails, render_html
 from ensemble.report_render import render_markdown, write_plots
 from ensemble.run import Run, RunDir
+from ensemble.shifts import SHIFTS, ZOOM
 
 #: The comparison the report leads with: plain voting against the stacker.
 HEADLINE = ("hard", "stack")
+#: Where the gallery's thumbnails go, inside the report's folder.
+GALLERY_DIR = "gallery"
+#: The epoch fields of a member's history that the report keeps (for its training curves).
+HISTORY_FIELDS = ("epoch", "phase", "loss", "accuracy", "val_accuracy", "val_macro_f1")
+
+#: Reads one scored image at its native size, by its position among the scored images.
+ReadImage = Callable[[int], np.ndarray]
 
 
 def report_on_split(
@@ -53,6 +72,7 @@ def report_on_split(
     *,
     shifted: bool = False,
     shift_seed: int = 0,
+    zoomed: bool = False,
     tta: bool = False,
 ) -> dict:
     """Report every member and combiner on one split of the run.
@@ -61,9 +81,10 @@ def report_on_split(
         run: an opened run with fitted combiners.
         split_name: ``"test"``, ``"blend"``, ``"val"`` or ``"train"``.
         out: output folder.
-        shifted: also score a seeded shifted copy of the same images.
-        shift_seed: seed of the shifted copy.
-        tta: average each member over the 8 dihedral views (clean and shifted images).
+        shifted: also score a seeded shifted copy of the same images (the acquisition shifts).
+        shift_seed: seed of the shifted and zoomed copies.
+        zoomed: also score a seeded copy in which every image is zoomed.
+        tta: average each member over the 8 dihedral views (every copy).
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -75,12 +96,14 @@ def report_on_split(
 
     ensemble = _load(run.directory, tta)
     images = {}
-    if tta or shifted:  # cached outputs need no pixels; TTA and the shifted copy do
+    if tta or shifted or zoomed:  # cached outputs need no pixels; TTA and the copies do
         sizes = {ensemble.input_size(name) for name in ensemble.members}
+        stage("report", f"decoding the {split_name} split at {sorted(sizes)} px")
         images = {size: run.images(split_name, size)[0] for size in sizes}
     if tta:
         outputs = outputs_for_images(ensemble, images, tta=True)
     else:
+        stage("report", f"members' cached outputs on the {split_name} split")
         outputs = {
             name: cached_member_outputs(
                 run, name, split_name, model_sha256=ensemble.member_hashes[name]
@@ -88,6 +111,7 @@ def report_on_split(
             for name in ensemble.members
         }
     title = f"Run `{Path(run.root).name}`: members and combiners on the {split_name} split"
+    records = [run.dataset.records[i] for i in run.split.positions(run.dataset, split_name)]
     return _report_with_shift(
         ensemble,
         images,
@@ -97,7 +121,10 @@ def report_on_split(
         title,
         shifted=shifted,
         shift_seed=shift_seed,
+        zoomed=zoomed,
         tta=tta,
+        ids=[record.id for record in records],
+        read_image=lambda index: run.dataset.decode(records[index], None).pixels,
     )
 
 
@@ -108,12 +135,13 @@ def report_on_dataset(
     *,
     shifted: bool = False,
     shift_seed: int = 0,
+    zoomed: bool = False,
     tta: bool = False,
 ) -> dict:
     """Report every member and combiner on every image of a separate labelled set.
 
     The set's class names must be classes of the run (it may have fewer). Images that cannot
-    be decoded are left out and listed in the report.
+    be decoded are left out and listed in the report. Options as :func:`report_on_split`.
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -142,6 +170,7 @@ def report_on_dataset(
     labels = to_run[dataset.labels[keep]]
     outputs = outputs_for_images(ensemble, images, tta=tta)
     title = f"Run `{Path(run_root).name}`: members and combiners on {dataset.root}"
+    records = [record for record, kept in zip(dataset.records, keep, strict=True) if kept]
     return _report_with_shift(
         ensemble,
         images,
@@ -151,8 +180,11 @@ def report_on_dataset(
         title,
         shifted=shifted,
         shift_seed=shift_seed,
+        zoomed=zoomed,
         tta=tta,
         skipped=[{"id": f.id, "reason": f.reason} for f in failures],
+        ids=[record.id for record in records],
+        read_image=lambda index: dataset.decode(records[index], None).pixels,
     )
 
 
@@ -165,12 +197,30 @@ def _load(run: RunDir, tta: bool) -> FittedEnsemble:
 
 
 def _report_with_shift(
-    ensemble, images, outputs, labels, out, title, *, shifted, shift_seed, tta, skipped=()
+    ensemble,
+    images,
+    outputs,
+    labels,
+    out,
+    title,
+    *,
+    shifted,
+    shift_seed,
+    zoomed,
+    tta,
+    skipped=(),
+    ids=None,
+    read_image=None,
 ) -> dict:
-    shifted_outputs = shift_kinds = None
+    shifted_outputs = shift_kinds = zoomed_outputs = None
     if shifted:
+        stage("report", f"shifted copy of {len(labels)} images ({', '.join(SHIFTS)})")
         shifted_batches, shift_kinds = shifted_images(images, shift_seed)
-        shifted_outputs = outputs_for_images(ensemble, shifted_batches, tta=tta)
+        shifted_outputs = outputs_for_images(ensemble, shifted_batches, tta=tta, copy="shifted")
+    if zoomed:
+        stage("report", f"zoomed copy of {len(labels)} images")
+        zoomed_batches, _ = shifted_images(images, shift_seed, kinds=(ZOOM,))
+        zoomed_outputs = outputs_for_images(ensemble, zoomed_batches, tta=tta, copy="zoomed")
     return build_report(
         ensemble,
         outputs,
@@ -179,24 +229,28 @@ def _report_with_shift(
         title,
         shifted=shifted_outputs,
         shift_kinds=shift_kinds,
+        zoomed=zoomed_outputs,
         tta=tta,
         skipped=list(skipped),
+        ids=ids,
+        read_image=read_image,
     )
 
 
 def shifted_images(
-    images: dict[int, np.ndarray], seed: int
+    images: dict[int, np.ndarray], seed: int, kinds: tuple[str, ...] = SHIFTS
 ) -> tuple[dict[int, np.ndarray], list[str]]:
     """The seeded shifted copy (:func:`ensemble.shifts.shifted_copy`) of images given per size.
 
     The copy is made at the largest size and resized, so every member sees the same shifted
-    pictures. Returns the shifted images per size and the shift applied to each image.
+    pictures. ``kinds=(ZOOM,)`` makes the zoomed copy (every image zoomed). Returns the shifted
+    images per size and the shift applied to each image.
     """
     from ensemble.images import crop_and_resize
     from ensemble.shifts import shifted_copy
 
     largest = max(images)
-    shifted, kinds = shifted_copy(images[largest], seed)
+    shifted, kinds = shifted_copy(images[largest], seed, kinds=kinds)
     by_size = {
         size: shifted if size == largest else np.stack([crop_and_resize(i, size) for i in shifted])
         for size in images
@@ -205,9 +259,19 @@ def shifted_images(
 
 
 def outputs_for_images(
-    ensemble: FittedEnsemble, images: dict[int, np.ndarray], *, tta: bool = False
+    ensemble: FittedEnsemble,
+    images: dict[int, np.ndarray],
+    *,
+    tta: bool = False,
+    copy: str = "clean",
 ) -> dict[str, dict]:
     """Each member's probabilities and pooled features on images given per input size.
+
+    Args:
+        ensemble: the fitted ensemble.
+        images: the same images at every member input size.
+        tta: average over the 8 dihedral views.
+        copy: which images these are, for the progress line (``clean``, ``shifted``…).
 
     Returns:
         member name → ``{"probabilities", "features", "images_per_second"}``; the speed is
@@ -219,6 +283,8 @@ def outputs_for_images(
     for name in ensemble.members:
         model = ensemble.model(name)
         batch = images[model.input_shape[1]]
+        views = " × 8 views" if tta else ""
+        stage("report", f"{name} on {len(batch)} {copy} images{views}")
         start = time.perf_counter()
         probabilities, features = member_outputs(model, batch, tta=tta)
         seconds = time.perf_counter() - start
@@ -240,8 +306,14 @@ def build_report(
     shift_kinds: list[str] | None = None,
     tta: bool = False,
     skipped: list[dict] | None = None,
+    zoomed: dict[str, dict] | None = None,
+    ids: Sequence[str] | None = None,
+    read_image: ReadImage | None = None,
 ) -> dict:
-    """Compute every metric, write ``metrics.json``, the PNGs and ``report.md`` into ``out``.
+    """Compute every metric and write the report into ``out``.
+
+    Files: ``metrics.json``, ``gallery/*.jpg``, then rendered from those alone ``report.md``,
+    the PNGs, ``report.html`` and ``leaderboard.csv``.
 
     Args:
         ensemble: the run's fitted ensemble.
@@ -254,6 +326,10 @@ def build_report(
         shift_kinds: the shift applied to each image of the shifted copy.
         tta: whether the outputs were averaged over the 8 dihedral views (shown in the report).
         skipped: images left out because they could not be decoded (``{"id", "reason"}``).
+        zoomed: member outputs on the zoomed copy of the same images, if any.
+        ids: each image's id, shown in the gallery (default: its position).
+        read_image: reads an image at its native size by position, for the gallery's
+            thumbnails (default: no thumbnails).
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -261,34 +337,58 @@ def build_report(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names, classes = ensemble.members, ensemble.classes
+    stage(
+        "report", f"scoring {len(names) + len(ensemble.combiners)} models on {len(labels)} images"
+    )
     member_stack = _as_member_outputs(ensemble, outputs)
     probabilities = ensemble.combine_all(member_stack)
     models = score_models(probabilities, labels, member_stack.votes, len(classes))
     best_member = max(names, key=lambda name: models[name]["accuracy"])
     best_combiner = max(ensemble.combiners, key=lambda name: models[name]["accuracy"])
+    combiners = list(ensemble.combiners)
+    copies = {}  # "shifted" / "zoomed" → (member outputs, every model's probabilities)
+    for copy, copy_outputs in (("shifted", shifted), ("zoomed", zoomed)):
+        if copy_outputs is not None:
+            stack = _as_member_outputs(ensemble, copy_outputs)
+            copies[copy] = (stack, ensemble.combine_all(stack))
     shifted_models, shifted_by_kind = {}, {}
-    if shifted is not None:
+    if "shifted" in copies:
         shifted_models, shifted_by_kind = score_shifted(
-            ensemble.combine_all(_as_member_outputs(ensemble, shifted)),
-            labels,
-            shift_kinds,
-            len(classes),
+            copies["shifted"][1], labels, shift_kinds, len(classes)
         )
+    zoomed_models = {}
+    if "zoomed" in copies:
+        zoomed_models, _ = score_shifted(copies["zoomed"][1], labels, None, len(classes))
     timed = shifted if shifted is not None else outputs
+    ids = [str(i) for i in range(len(labels))] if ids is None else list(ids)
+    gallery = write_gallery(
+        out,
+        probabilities[best_combiner],
+        labels,
+        member_stack.votes,
+        classes,
+        names,
+        ids,
+        read_image,
+    )
+    gallery["model"] = best_combiner
     metrics = {
         "title": title,
         "n_images": int(len(labels)),
         "classes": classes,
         "members": names,
-        "combiners": list(ensemble.combiners),
+        "combiners": combiners,
         "member_details": member_details(ensemble.run, names),
+        "cv_accuracy_on_blend": _cv_accuracy_on_blend(ensemble),
         "best_member": best_member,
         "best_combiner": best_combiner,
+        "interval_methods": INTERVAL_METHODS,
         "models": models,
-        "mcnemar": significance_tests(probabilities, labels, list(ensemble.combiners), best_member),
+        "mcnemar": significance_tests(probabilities, labels, combiners, best_member),
         "shifted": shifted_models,
         "shifted_by_kind": shifted_by_kind,
         "shift_kinds": list(next(iter(shifted_by_kind.values()), {})),
+        "zoomed": zoomed_models,
         "tta": tta,
         "combiners_fitted_with_tta": ensemble.fitted_with_tta,
         "prediction_images_per_second": {
@@ -297,19 +397,82 @@ def build_report(
             if "images_per_second" in timed[name]
         },
         "skipped": list(skipped or []),
+        "gallery": gallery,
     }
+    for copy, (_, copy_probabilities) in copies.items():
+        # The same pair as on the clean images (best on those), compared again on the copy.
+        metrics[f"{copy}_mcnemar"] = significance_tests(
+            copy_probabilities, labels, combiners, best_member
+        )
     # Prediction sets and OOD referral of the default combiner (ensemble.referral).
     metrics["referral"] = referral_metrics(
         ensemble,
         member_stack,
         labels,
-        shifted=_as_member_outputs(ensemble, shifted) if shifted is not None else None,
+        shifted=copies["shifted"][0] if "shifted" in copies else None,
         shift_kinds=shift_kinds,
+        zoomed=copies["zoomed"][0] if "zoomed" in copies else None,
     )
     atomic_write_json(out / "metrics.json", metrics)
-    write_plots(models, classes, out)
-    atomic_write_text(out / "report.md", render_markdown(metrics))
+    write_report_files(metrics, out)
     return metrics
+
+
+def write_report_files(metrics: dict, out: Path) -> None:
+    """Render ``report.md``, the PNGs, ``report.html`` and ``leaderboard.csv`` into ``out``.
+
+    Everything comes from ``metrics`` (the content of ``metrics.json``) and the gallery's
+    thumbnails under ``out``: a report can be rendered again without its run.
+    """
+    out = Path(out)
+    stage("report", f"writing report.md, report.html, leaderboard.csv and plots to {out}")
+    write_plots(metrics["models"], metrics["classes"], out)
+    atomic_write_text(out / "report.md", render_markdown(metrics))
+    atomic_write_text(out / "leaderboard.csv", leaderboard_csv(metrics))
+    atomic_write_text(out / "report.html", render_html(metrics, read_thumbnails(metrics, out)))
+
+
+def write_gallery(
+    out: Path,
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    votes: np.ndarray,
+    classes: list[str],
+    members: list[str],
+    ids: Sequence[str],
+    read_image: ReadImage | None,
+) -> dict:
+    """The cards of the images a model got wrong or would refer, and their thumbnails.
+
+    Thumbnails are written as ``out/gallery/<position>.jpg`` (earlier ones removed first) when
+    ``read_image`` is given; each card's ``image`` names its file.
+
+    Returns:
+        ``{"cards", "counts", "min_agreement", "min_confidence"}`` (see
+        :func:`ensemble.gallery.report_cards`).
+    """
+    cards, counts = report_cards(probabilities, labels, votes, classes, members, ids)
+    folder = Path(out) / GALLERY_DIR
+    if folder.is_dir():
+        for old in folder.glob("*.jpg"):
+            old.unlink()
+    if read_image is not None and cards:
+        stage("report", f"gallery: thumbnails of {len(cards)} wrong or referred images")
+        folder.mkdir(parents=True, exist_ok=True)
+        for card in cards:
+            name = f"{GALLERY_DIR}/{card['index']:05d}.jpg"
+            try:
+                atomic_write_bytes(Path(out) / name, thumbnail_jpeg(read_image(card["index"])))
+            except Exception as error:  # a file that vanished: the card stays, without a picture
+                print(f"gallery: no thumbnail for {card['id']}: {error}", file=sys.stderr)
+                continue
+            card["image"] = name
+    return {
+        "cards": cards,
+        "counts": counts,
+        "min_agreement": MIN_AGREEMENT,
+        "min_confidence": MIN_CONFIDENCE,
+    }
 
 
 def score_models(
@@ -333,7 +496,7 @@ def score_models(
         agreement = (votes == predicted).mean(axis=0)
         models[model] = {
             **summary_metrics(labels, predicted, n_classes, present_only=True),
-            "ci95": bootstrap_intervals(labels, predicted, n_classes),
+            "ci95": intervals(labels, predicted, n_classes),
             "per_class": per_class_metrics(labels, predicted, n_classes),
             "calibration": calibration(labels, probs),
             "coverage_accuracy": coverage_accuracy(labels, predicted, agreement, probs.max(1)),
@@ -382,24 +545,53 @@ def score_shifted(
 
 
 def member_details(run: RunDir, names: list[str]) -> dict[str, dict]:
-    """What the report's member table shows, from each member's spec and training metrics.
+    """What the report's member table and training curves show, from each member's files.
 
-    Stored in ``metrics.json`` so that rendering needs nothing but that file.
+    Stored in ``metrics.json`` so that rendering needs nothing but that file. ``history`` is
+    the member's accuracy per epoch (CNN members); ``history_before``, that of the member it
+    started from when ``init_from`` names a member of the run.
     """
     details = {}
     for name in names:
         spec = run.member_spec(name)
+        init_from = getattr(spec, "init_from", "")
         details[name] = {
             "kind": spec.kind,
             "backbone": spec.backbone,
             "input_size": spec.input_size,
             "weights": spec.weights,
-            "init_from": getattr(spec, "init_from", ""),
+            "init_from": init_from,
             "base_member": spec.ovr.base_member if spec.kind == "ovr" else "",
             "augmentation": asdict(spec.augmentation),
             "train_seconds": run.training_metrics(name)["train_seconds"],
         }
+        if spec.kind != "ovr":  # one-vs-rest heads train per class: no shared epochs
+            details[name]["history"] = _epochs(run.member_dir(name) / "history.json")
+            if init_from:
+                details[name]["history_before"] = _epochs(
+                    run.member_dir(init_from) / "history.json"
+                )
     return details
+
+
+def _epochs(path: Path) -> list[dict]:
+    """The :data:`HISTORY_FIELDS` of each epoch in a ``history.json`` (empty if absent)."""
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return [
+        {key: row[key] for key in HISTORY_FIELDS if key in row}
+        for row in rows
+        if isinstance(row, dict) and "epoch" in row
+    ]
+
+
+def _cv_accuracy_on_blend(ensemble: FittedEnsemble) -> dict[str, float]:
+    """fit-stacker's cross-validated blend accuracy of every combiner and member."""
+    from ensemble.selection import Selection
+
+    return dict(Selection.read(ensemble.run).cv_accuracy_on_blend)
 
 
 def _as_member_outputs(ensemble: FittedEnsemble, outputs: dict[str, dict]) -> MemberOutputs:

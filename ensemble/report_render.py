@@ -1,5 +1,8 @@
 """How ``ensemble report`` looks: ``report.md`` (readable on GitHub, images inline) and PNGs.
 
+(``report.html``, the same report as one offline page with a review gallery, is rendered by
+:mod:`ensemble.report_html`.)
+
 Everything here renders the metrics :func:`ensemble.report.build_report` computed and wrote to
 ``metrics.json``, and nothing else: a report can be re-rendered from that file without the run
 or its models. ``report.md`` is built section by section, one function each, in page order
@@ -129,7 +132,7 @@ def model_names(metrics: dict) -> list[str]:
     return [*members, *combiners]
 
 
-def _test_names(metrics: dict) -> list[str]:
+def comparison_names(metrics: dict) -> list[str]:
     """McNemar comparisons in report order: hard vs stack, then each combiner vs best member."""
     tests = metrics["mcnemar"]
     best = metrics["best_member"]
@@ -183,6 +186,20 @@ def _summary(metrics: dict) -> list[str]:
         f"Best single member: **{metrics['best_member']}**; best combiner: "
         f"**{metrics['best_combiner']}**.",
     ]
+    methods = metrics.get("interval_methods")
+    if methods:
+        lines += [
+            "",
+            f"95% intervals: accuracy — {methods['accuracy']}; balanced accuracy and macro-F1 — "
+            f"{methods['macro_f1']}.",
+        ]
+    if metrics.get("gallery") is not None:
+        lines += [
+            "",
+            "The same report as one page that opens offline, with a leaderboard, charts and a "
+            "gallery of the images the best combiner got wrong or would refer: "
+            "[report.html](report.html); the leaderboard as [leaderboard.csv](leaderboard.csv).",
+        ]
     return lines
 
 
@@ -195,7 +212,7 @@ def _significance(metrics: dict) -> list[str]:
         "|---|---|---|---|",
     ]
     tests = metrics["mcnemar"]
-    for name in _test_names(metrics):
+    for name in comparison_names(metrics):
         test = tests[name]
         lines.append(
             f"| {name.replace('_vs_', ' vs ')} | {test['first_only']} | {test['second_only']} | "
@@ -213,26 +230,59 @@ def _significance(metrics: dict) -> list[str]:
             tests[f"{best}_vs_{member}"],
         )
     )
+    for copy in ("shifted", "zoomed"):
+        copy_tests = metrics.get(f"{copy}_mcnemar") or {}
+        if f"{best}_vs_{member}" in copy_tests:
+            lines.append(
+                f"- On the {copy} copy: "
+                + verdict(
+                    f"the best combiner ({best})",
+                    f"the best single member ({member})",
+                    copy_tests[f"{best}_vs_{member}"],
+                )
+            )
+        if "hard_vs_stack" in copy_tests:
+            lines.append(
+                f"- On the {copy} copy: "
+                + verdict("hard voting", "stacking", copy_tests["hard_vs_stack"])
+            )
     return lines
 
 
 def _shifted(metrics: dict) -> list[str]:
-    if not metrics["shifted"]:
+    copies = [copy for copy in ("shifted", "zoomed") if metrics.get(copy)]
+    if not copies:
         return []
     models = metrics["models"]
-    lines = [
-        "",
-        "## Clean versus shifted copy of the same images",
-        "",
-        "| model | clean accuracy | shifted accuracy | shifted macro-F1 |",
-        "|---|---|---|---|",
-    ]
-    for model in [m for m in model_names(metrics) if m in metrics["shifted"]]:
-        values = metrics["shifted"][model]
+    named = " and ".join(copies) + (" copies" if len(copies) > 1 else " copy")
+    lines = ["", f"## Clean versus {named} of the same images", ""]
+    kinds = metrics.get("shift_kinds") or []
+    if "shifted" in copies:
         lines.append(
-            f"| {model} | {models[model]['accuracy']:.4f} | {values['accuracy']:.4f} | "
-            f"{values['macro_f1']:.4f} |"
+            f"The shifted copy holds the {len(kinds)} acquisition kinds ({', '.join(kinds)}), "
+            "one per image in turn, seeded; zoom is not among them (it has its own copy)."
         )
+    if "zoomed" in copies:
+        lines.append(
+            "The zoomed copy zooms every image (two in three shown 1.25–2× larger, one in three "
+            "0.7–0.85× smaller), seeded like the shifted copy."
+        )
+    header = ["clean accuracy"]
+    for copy in copies:
+        header += [f"{copy} accuracy", f"{copy} macro-F1"]
+    lines += [
+        "",
+        "| model | " + " | ".join(header) + " |",
+        "|---|" + "---|" * len(header),
+    ]
+    for model in model_names(metrics):
+        cells = [f"{models[model]['accuracy']:.4f}"]
+        for copy in copies:
+            values = metrics[copy].get(model)
+            cells += (
+                [f"{values['accuracy']:.4f}", f"{values['macro_f1']:.4f}"] if values else ["-", "-"]
+            )
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
     by_kind = metrics.get("shifted_by_kind", {})
     if by_kind:
         kinds = metrics.get("shift_kinds") or list(next(iter(by_kind.values())))
@@ -261,7 +311,7 @@ def _members(metrics: dict) -> list[str]:
     speeds = metrics.get("prediction_images_per_second", {})
     details = metrics.get("member_details", {})
     for name in metrics["members"]:
-        backbone, aug, tuning, minutes = _member_cells(details.get(name))
+        backbone, aug, tuning, minutes = member_cells(details.get(name))
         lines.append(
             f"| {name} | {backbone} | {aug} | {tuning} | {minutes} | "
             f"{_speed(speeds.get(name))} | {metrics['models'][name]['accuracy']:.4f} |"
@@ -275,7 +325,7 @@ def _members(metrics: dict) -> list[str]:
     return lines
 
 
-def _member_cells(details: dict | None) -> tuple[str, str, str, str]:
+def member_cells(details: dict | None) -> tuple[str, str, str, str]:
     """Backbone, augmentation, weights / fine-tuning and training minutes of one member."""
     if details is None:
         return "-", "-", "-", "-"

@@ -122,3 +122,39 @@ def test_verdict_names_the_winner_only_when_significant():
     assert lost.startswith("**Stacking wins**")
     tie = verdict("a", "b", {"first_only": 5, "second_only": 3, "p_value": 0.73})
     assert tie.startswith("No significant difference between a and b") and "p = 0.73" in tie
+
+
+def test_report_without_copies_prints_a_line_per_step(
+    fitted_ci_run, synthetic_folder, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("ENSEMBLE_PROGRESS", "auto")
+    run = tmp_path / "run"
+    shutil.copytree(fitted_ci_run, run)  # the report caches member outputs in the run
+    out = tmp_path / "report"
+    code, stdout, err = run_cli(
+        [
+            "report",
+            "--run",
+            run,
+            "--data",
+            synthetic_folder,
+            "--out",
+            out,
+            "--no-shifted",
+            "--no-zoomed",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["shifted"] == {} and metrics["zoomed"] == {}
+    assert "shifted_mcnemar" not in metrics and "zoomed_mcnemar" not in metrics
+    assert "Clean versus" not in (out / "report.md").read_text()
+    assert f"{out}/report.html" in stdout and (out / "leaderboard.csv").is_file()
+    for line in (
+        "report: members' cached outputs on the test split",
+        "report: scoring ",
+        "report: gallery: thumbnails of",
+        "report: writing report.md, report.html, leaderboard.csv and plots",
+    ):
+        assert line in err, line
