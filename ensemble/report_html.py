@@ -25,7 +25,13 @@ from ensemble.report_charts import (
     reliability_plot,
     training_curves,
 )
-from ensemble.report_render import comparison_names, member_cells, model_names, verdict
+from ensemble.report_render import (
+    comparison_names,
+    member_cells,
+    model_names,
+    shift_kinds,
+    verdict,
+)
 
 #: The copies of the report's images, in the order they are shown.
 COPIES = ("clean", "shifted", "zoomed")
@@ -331,7 +337,7 @@ def _robustness(metrics: dict, thumbnails: dict) -> str:
     ]
     by_kind = metrics.get("shifted_by_kind") or {}
     if by_kind:
-        kinds = metrics.get("shift_kinds") or list(next(iter(by_kind.values())))
+        kinds = shift_kinds(metrics)
         columns = ["clean", *kinds] + (["zoomed"] if metrics.get("zoomed") else [])
         values = []
         for name in model_names(metrics):
@@ -361,8 +367,8 @@ def _robustness(metrics: dict, thumbnails: dict) -> str:
 
 def _copies_note(metrics: dict) -> str:
     parts = []
-    kinds = metrics.get("shift_kinds") or []
-    if metrics.get("shifted"):
+    kinds = shift_kinds(metrics)
+    if metrics.get("shifted") and kinds:
         parts.append(
             f"The shifted copy holds the {len(kinds)} acquisition kinds "
             f"({', '.join(kinds)}), one per image in turn, seeded."

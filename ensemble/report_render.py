@@ -256,8 +256,8 @@ def _shifted(metrics: dict) -> list[str]:
     models = metrics["models"]
     named = " and ".join(copies) + (" copies" if len(copies) > 1 else " copy")
     lines = ["", f"## Clean versus {named} of the same images", ""]
-    kinds = metrics.get("shift_kinds") or []
-    if "shifted" in copies:
+    kinds = shift_kinds(metrics)
+    if "shifted" in copies and kinds:
         lines.append(
             f"The shifted copy holds the {len(kinds)} acquisition kinds ({', '.join(kinds)}), "
             "one per image in turn, seeded; zoom is not among them (it has its own copy)."
@@ -297,6 +297,12 @@ def _shifted(metrics: dict) -> list[str]:
             values = by_kind[model]
             lines.append(f"| {model} | " + " | ".join(f"{values[k]:.4f}" for k in kinds) + " |")
     return lines
+
+
+def shift_kinds(metrics: dict) -> list[str]:
+    """The kinds of shift of the shifted copy, in order (from the per-kind scores if unlisted)."""
+    by_kind = metrics.get("shifted_by_kind") or {}
+    return list(metrics.get("shift_kinds") or next(iter(by_kind.values()), {}))
 
 
 def _members(metrics: dict) -> list[str]:
