@@ -52,6 +52,7 @@ from ensemble.features import cached_member_outputs
 from ensemble.fileio import atomic_write_json
 from ensemble.images import file_sha256
 from ensemble.ood import DEFAULT_TARGET_REFERRAL, OodDetector
+from ensemble.progress import stage
 from ensemble.run import Run, RunDir
 from ensemble.selection import (
     CALIBRATION_SPLIT,
@@ -113,6 +114,7 @@ def fit_combiners(
     directory = run.directory
     names = directory.trained_members()
     hashes = directory.model_hashes(names)
+    stage("fit-stacker", f"outputs of {len(names)} members on val and blend{_views(tta)}")
     val = _member_outputs(run, names, "val", tta, hashes)
     blend = _member_outputs(run, names, "blend", tta, hashes)
     val_labels = val[names[0]]["labels"]
@@ -128,6 +130,7 @@ def fit_combiners(
         calibrated=scaler.transform(raw),
         features=tuple(blend[name]["features"] for name in names),
     )
+    stage("fit-stacker", "temperatures on val; every combiner on one half of blend")
     calibration_rows = halve_blend(ids, labels, _duplicate_groups(run, ids), seed)
     fit_rows = ~calibration_rows
     fitting_set = Blend(
@@ -156,6 +159,7 @@ def fit_combiners(
     held_out = _rows(outputs, calibration_rows)
     probabilities = {name: combiner.combine(held_out) for name, combiner in fitted.items()}
     probabilities |= dict(zip(names, held_out.calibrated, strict=True))
+    stage("fit-stacker", "prediction sets and the out-of-distribution detector")
     conformal = _calibrate_sets(
         directory,
         probabilities,
@@ -201,6 +205,10 @@ def fit_combiners(
     )
     selection.write(directory)
     return selection
+
+
+def _views(tta: bool) -> str:
+    return " (8 dihedral views each)" if tta else ""
 
 
 def choose_default(cv_accuracy: dict[str, float], combiners: list[str]) -> str:
