@@ -116,6 +116,13 @@ def _scale_about_centre(images, scales):
         ],
         axis=1,
     )
+    return _transform(images, transforms)
+
+
+def _transform(images, transforms):
+    """Resample each image through its projective transform (bilinear, reflected borders)."""
+    import tensorflow as tf
+
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=images,
         transforms=transforms,
@@ -157,14 +164,7 @@ def _rotate(images, mask, seed):
         ],
         axis=1,
     )
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images,
-        transforms=transforms,
-        output_shape=tf.shape(images)[1:3],
-        fill_value=0.0,
-        interpolation="BILINEAR",
-        fill_mode="REFLECT",
-    )
+    return _transform(images, transforms)
 
 
 def _uniform(batch, seed, low, high, channels=1):

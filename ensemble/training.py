@@ -26,6 +26,7 @@ import numpy as np
 from ensemble.artifacts import load_keras_model
 from ensemble.errors import ConfigError, RunError
 from ensemble.fileio import atomic_write_json, atomic_write_with
+from ensemble.images import file_sha256
 from ensemble.inputs import class_weights, training_dataset
 from ensemble.specs import MemberSpec, member_spec_from_dict
 
@@ -133,7 +134,10 @@ def train_member(
             _compile_for_epoch(model, spec, 0, len(data.train_labels))
             state = {"epoch": 0, "best_val_accuracy": -1.0, "history": [], "stale_epochs": 0}
             if init_weights is not None:
-                state["init_from"] = {"path": str(init_weights), "sha256": _sha256(init_weights)}
+                state["init_from"] = {
+                    "path": str(init_weights),
+                    "sha256": file_sha256(init_weights),
+                }
 
     from ensemble.epoch_checkpoint import EpochCheckpoint
 
@@ -191,16 +195,6 @@ def _copy_weights(model, source_path: Path, spec: MemberSpec) -> None:
             f"({spec.backbone}, head {spec.head.dense_units} units): {error}. Start from a "
             "member with the same backbone and head."
         ) from None
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def prepare_member_dir(spec: MemberSpec, member_dir: Path, force: bool) -> dict | None:
