@@ -86,7 +86,8 @@ def test_predict_stderr_holds_only_its_own_line(fitted_ci_run, synthetic_folder,
         command, capture_output=True, text=True, env=user_environment(), timeout=600
     )
     assert result.returncode == 0, result.stderr
-    lines = result.stderr.splitlines()
+    # The tiny run is too small for alpha = 0.01, which predict says in its own warning lines.
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("warning: ")]
     assert tensorflow_lines(result.stderr) == []
     assert len(lines) == 1 and lines[0].startswith("12 predicted, 0 skipped"), lines
 
