@@ -11,16 +11,11 @@ from ensemble.errors import ConfigError
 from ensemble.specs import member_spec_from_dict
 from ensemble.synthetic import make_arrays
 from ensemble.training import TrainingData, build_member_model, train_member
+from tests.test_training import TINY as TRAINING_TINY
 
-TINY = {
+TINY = TRAINING_TINY | {
     "name": "stage-1",
-    "backbone": "mobilenetv3small",
-    "input_size": 32,
-    "batch_size": 16,
-    "head": {"dense_units": 16, "dropout": 0.0},
-    "augmentation": {"dihedral": True, "randaugment_magnitude": 0.0},
     "schedule": {"epochs": 2, "learning_rate": 0.003, "warmup_epochs": 0},
-    "early_stopping": {"patience": 0},
 }
 STAGE_2 = TINY | {
     "name": "stage-2",
