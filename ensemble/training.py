@@ -16,6 +16,7 @@ SIGKILL mid-save) leaves only complete files; a restart continues after the last
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -122,7 +123,7 @@ def train_member(
     if finished is not None:
         return finished
 
-    scope = strategy.scope() if strategy is not None else _NullScope()
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     state = _load_state(member_dir)
     with scope:
         if state is not None:
@@ -396,11 +397,3 @@ def _all_layers(model):
         yield layer
         if hasattr(layer, "layers"):
             yield from _all_layers(layer)
-
-
-class _NullScope:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
