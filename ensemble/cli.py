@@ -97,6 +97,11 @@ def main_options(
         quiet_console()  # before any command imports TensorFlow
 
 
+def _names(values: list[str] | None) -> list[str]:
+    """Names given as ``--opt a,b`` or ``--opt a --opt b``, in order, blanks dropped."""
+    return [name.strip() for value in values or [] for name in value.split(",") if name.strip()]
+
+
 @app.command()
 def audit(
     data: DataArgument = None,
@@ -249,7 +254,7 @@ def train_members(
     recipe = load_pipeline(resolve_pipeline(pipeline))
     dataset = _load(data, classes, data_root)
     run_dir = run or Path("runs") / recipe.name
-    names = [name.strip() for value in only or [] for name in value.split(",") if name.strip()]
+    names = _names(only)
     if ray_address is None and (num_cpus is not None or num_gpus is not None):
         raise typer.BadParameter("--num-cpus and --num-gpus apply with --ray only")
     if ray_address is not None:
@@ -345,13 +350,32 @@ def fit_stacker(
             help="Share of clean images the OOD threshold refers.",
         ),
     ] = 0.02,
+    shift_copies: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Also fit the combiners on this many seeded shifted copies (stain, focus, "
+            "JPEG, noise, exposure, rotation, hue, zoom) of their half of blend, so they learn "
+            "which member to trust on such images.",
+        ),
+    ] = 0,
+    members: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--members",
+            metavar="NAMES",
+            help="Combine these members (--members a,b or --members a --members b); default: "
+            "the pipeline's. May name a pre-training stage (combine = false) as a clean expert.",
+        ),
+    ] = None,
     classes: ClassesOption = None,
     data_root: DataRootOption = None,
 ) -> None:
     """Fit temperatures, combiners and the XGBoost stacker on blend; calibrate the referral.
 
-    The combiners are fitted on one half of blend and the conformal prediction sets calibrated
-    on the other; the OOD detector is fitted on val and calibrated on blend.
+    The combiners are fitted on one half of blend (and, with --shift-copies, shifted copies of
+    it) and the conformal prediction sets calibrated on the other, clean half; the OOD detector
+    is fitted on val and calibrated on blend.
     """
     from ensemble.fitting import fit_combiners
 
@@ -365,9 +389,12 @@ def fit_stacker(
         alpha=alpha,
         ood_method=None if ood is OodMethod.none else ood.value,
         ood_referral=ood_referral,
+        shift_copies=shift_copies,
+        members=_names(members) or None,
     )
+    scored_on = f" (clean + {shift_copies} shifted copies)" if shift_copies else ""
     for name, accuracy in selection.cv_accuracy_on_blend.items():
-        typer.echo(f"{name:<20} cross-validated blend accuracy {accuracy:.4f}")
+        typer.echo(f"{name:<20} cross-validated blend accuracy{scored_on} {accuracy:.4f}")
     calibration = selection.calibration
     for note in calibration["warnings"]:
         typer.echo(f"warning: {note}", err=True)

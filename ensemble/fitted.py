@@ -103,6 +103,8 @@ class FittedEnsemble:
         combiner: the combiner (or member) that :meth:`predict_proba` uses by default.
         default_combiner: the one fit-stacker chose on ``blend``.
         fitted_with_tta: whether the combiners were fitted on test-time-augmented outputs.
+        fitted_on_shift_copies: how many seeded shifted copies of blend the combiners were
+            fitted on besides the clean images (``fit-stacker --shift-copies``).
         temperatures: each member's temperature scaling.
         combiners: every fitted combiner by name (registry order).
         member_hashes: SHA-256 of each member's model, as verified at load.
@@ -129,6 +131,7 @@ class FittedEnsemble:
         self.members = list(selection.members)
         self.default_combiner = selection.default_combiner
         self.fitted_with_tta = selection.tta
+        self.fitted_on_shift_copies = selection.shift_copies
         self.temperatures = temperatures
         self.combiners = combiners
         self.member_hashes = member_hashes

@@ -47,7 +47,7 @@ from ensemble.conformal import (
     SmallCalibrationWarning,
     minimum_calibration_size,
 )
-from ensemble.errors import ConfigError
+from ensemble.errors import ConfigError, RunError
 from ensemble.features import cached_member_outputs
 from ensemble.fileio import atomic_write_json
 from ensemble.images import file_sha256
@@ -61,6 +61,7 @@ from ensemble.selection import (
     Selection,
     conformal_file,
 )
+from ensemble.shifted_blend import shifted_outputs, with_copies
 from ensemble.stacker import blend_folds
 
 #: OOD methods fit-stacker offers: ``energy`` needs logits, and the members end in a softmax.
@@ -86,6 +87,8 @@ def fit_combiners(
     alpha: float = DEFAULT_ALPHA,
     ood_method: str | None = DEFAULT_OOD_METHOD,
     ood_referral: float = DEFAULT_TARGET_REFERRAL,
+    shift_copies: int = 0,
+    members: list[str] | None = None,
 ) -> Selection:
     """Fit temperatures and every combiner on half of ``blend``; choose a default; calibrate.
 
@@ -101,6 +104,10 @@ def fit_combiners(
         ood_method: ``mahalanobis`` or ``knn`` (pooled features), ``max_softmax``; ``None``
             fits no OOD detector.
         ood_referral: share of clean images the OOD threshold refers.
+        shift_copies: also fit the combiners on this many seeded shifted copies of their half
+            of ``blend`` (:mod:`ensemble.shifted_blend`); the calibration half stays clean.
+        members: the members to combine; ``None`` = the pipeline's (``combine = true``). Name
+            a pre-training stage here to let the combiners use it (a clean expert).
 
     Returns:
         The selection written to ``combiners/selection.json``; its ``calibration["warnings"]``
@@ -108,11 +115,14 @@ def fit_combiners(
 
     Raises:
         RunError: a member is not trained yet.
-        ConfigError: an unknown ``score`` or ``ood_method``, or a rate outside ``(0, 1)``.
+        ConfigError: an unknown ``score`` or ``ood_method``, a rate outside ``(0, 1)``, a
+            negative ``shift_copies``, or ``members`` naming no trained member of the run.
     """
     _check_options(score, alpha, ood_method, ood_referral)
+    if shift_copies < 0:
+        raise ConfigError(f"shift_copies must be >= 0. Received: {shift_copies}")
     directory = run.directory
-    names = directory.trained_members()
+    names = directory.trained_members() if members is None else _chosen_members(directory, members)
     hashes = directory.model_hashes(names)
     stage("fit-stacker", f"outputs of {len(names)} members on val and blend{_views(tta)}")
     val = _member_outputs(run, names, "val", tta, hashes)
@@ -140,6 +150,9 @@ def fit_combiners(
         split_of=run.split.assignment,
         folds=blend_folds(labels[fit_rows], seed),
     )
+    if shift_copies:
+        copies = shifted_outputs(run, names, fit_rows, shift_copies, tta=tta, scaler=scaler)
+        fitting_set = with_copies(fitting_set, copies)
     cv_accuracy, files, fitted = _fit_every_combiner(directory, fitting_set, names, hashes, seed)
     for name, member_probabilities in zip(names, fitting_set.outputs.calibrated, strict=True):
         cv_accuracy[name] = round(
@@ -191,6 +204,7 @@ def fit_combiners(
         default_combiner=choose_default(cv_accuracy, combiners),
         n_blend=len(labels),
         tta=tta,
+        shift_copies=shift_copies,
         artifact_sha256={
             name: file_sha256(directory.combiners_dir / name) for name in sorted(files)
         },
@@ -205,6 +219,26 @@ def fit_combiners(
     )
     selection.write(directory)
     return selection
+
+
+def _chosen_members(directory: RunDir, members: list[str]) -> list[str]:
+    """``members``, checked: each a finished member of the run, none twice."""
+    known = directory.manifest["members"]
+    unknown = [name for name in members if name not in known]
+    if unknown or not members:
+        raise ConfigError(
+            f"members must name members of the run {directory.root}. Choose from {known}. "
+            f"Received: {members}"
+        )
+    if len(set(members)) != len(members):
+        raise ConfigError(f"members must not repeat a name. Received: {members}")
+    unfinished = [name for name in members if not directory.is_finished(name)]
+    if unfinished:
+        raise RunError(
+            f"members not trained yet in {directory.root}: {unfinished}. Run `ensemble "
+            "train-members` first (and let it finish)."
+        )
+    return list(members)
 
 
 def _views(tta: bool) -> str:

@@ -13,10 +13,10 @@ curves show) and ``gallery/*.jpg``; rendered from those alone: ``report.md`` and
 
 The steps, in order: what is scored (:func:`report_on_split`, :func:`report_on_dataset`), the
 members' outputs on it (cached, or :func:`outputs_for_images`), the seeded shifted and zoomed
-copies (:func:`shifted_images`), the scores (:func:`score_models`, :func:`significance_tests`,
-:func:`score_shifted`), the members' details (:func:`member_details`), the gallery
-(:func:`write_gallery`), and the files (:func:`build_report`). Each long step prints a line on
-stderr (:func:`ensemble.progress.stage`).
+copies (:func:`ensemble.shifts.shifted_images`), the scores (:func:`score_models`,
+:func:`significance_tests`, :func:`score_shifted`), the members' details
+(:func:`member_details`), the gallery (:func:`write_gallery`), and the files
+(:func:`build_report`). Each long step prints a line on stderr (:func:`ensemble.progress.stage`).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from ensemble.referral import referral_metrics
 from ensemble.report_html import read_thumbnails, render_html
 from ensemble.report_render import render_markdown, write_plots
 from ensemble.run import Run, RunDir
-from ensemble.shifts import SHIFTS, ZOOM
+from ensemble.shifts import SHIFTS, ZOOM, shifted_images
 
 #: The comparison the report leads with: plain voting against the stacker.
 HEADLINE = ("hard", "stack")
@@ -237,27 +237,6 @@ def _report_with_shift(
     )
 
 
-def shifted_images(
-    images: dict[int, np.ndarray], seed: int, kinds: tuple[str, ...] = SHIFTS
-) -> tuple[dict[int, np.ndarray], list[str]]:
-    """The seeded shifted copy (:func:`ensemble.shifts.shifted_copy`) of images given per size.
-
-    The copy is made at the largest size and resized, so every member sees the same shifted
-    pictures. ``kinds=(ZOOM,)`` makes the zoomed copy (every image zoomed). Returns the shifted
-    images per size and the shift applied to each image.
-    """
-    from ensemble.images import crop_and_resize
-    from ensemble.shifts import shifted_copy
-
-    largest = max(images)
-    shifted, kinds = shifted_copy(images[largest], seed, kinds=kinds)
-    by_size = {
-        size: shifted if size == largest else np.stack([crop_and_resize(i, size) for i in shifted])
-        for size in images
-    }
-    return by_size, kinds
-
-
 def outputs_for_images(
     ensemble: FittedEnsemble,
     images: dict[int, np.ndarray],
@@ -391,6 +370,7 @@ def build_report(
         "zoomed": zoomed_models,
         "tta": tta,
         "combiners_fitted_with_tta": ensemble.fitted_with_tta,
+        "combiners_fitted_on_shift_copies": ensemble.fitted_on_shift_copies,
         "prediction_images_per_second": {
             name: round(float(timed[name]["images_per_second"]), 1)
             for name in names

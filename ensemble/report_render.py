@@ -163,6 +163,14 @@ def _summary(metrics: dict) -> list[str]:
             f"here {applied} it, so their temperatures and weights were fitted on other outputs "
             f"than the ones they combine here ({advice} to match).",
         ]
+    copies = metrics.get("combiners_fitted_on_shift_copies", 0)
+    if copies:
+        lines += [
+            "",
+            f"The combiners were fitted on their half of blend plus {copies} seeded shifted "
+            f"cop{'y' if copies == 1 else 'ies'} of it (acquisition shifts and zoom, other draws "
+            "than the shifted and zoomed copies scored below).",
+        ]
     lines += [
         "",
         "| model | accuracy (95% CI) | balanced accuracy (95% CI) | macro-F1 (95% CI) | ECE |",

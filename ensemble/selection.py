@@ -37,6 +37,8 @@ class Selection:
         default_combiner: the one ``predict`` uses when none is named.
         n_blend: images in the blend split.
         tta: whether the combiners were fitted on test-time-augmented outputs.
+        shift_copies: how many seeded shifted copies of their half of blend the combiners
+            were fitted on besides the clean images (0: clean only).
         artifact_sha256: hash of every file written beside it, checked when loading.
         calibration: how the referral was calibrated: ``design`` (one paragraph),
             ``split_file``, ``n_blend_fit``, ``conformal`` (settings, ``n_images``, ``models``:
@@ -53,6 +55,7 @@ class Selection:
     tta: bool
     artifact_sha256: dict[str, str]
     calibration: dict | None = None
+    shift_copies: int = 0
 
     @classmethod
     def read(cls, run: RunDir) -> Selection:
@@ -75,6 +78,7 @@ class Selection:
             tta=bool(saved.get("tta", False)),
             artifact_sha256=saved.get("artifact_sha256", {}),
             calibration=saved.get("calibration"),
+            shift_copies=int(saved.get("shift_copies", 0)),
         )
 
     def write(self, run: RunDir) -> None:

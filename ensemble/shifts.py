@@ -18,6 +18,8 @@ import io
 import numpy as np
 from PIL import Image, ImageFilter
 
+from ensemble.images import crop_and_resize
+
 SHIFTS = ("blue_cast", "blur", "jpeg", "noise", "exposure", "rotation", "hue")
 ZOOM = "zoom"
 ZOOM_IN_RANGE = (1.25, 2.0)
@@ -97,6 +99,24 @@ def shifted_copy(
         result[index] = shift_image(image, kind, rng)
         names.append(kind)
     return result, names
+
+
+def shifted_images(
+    images: dict[int, np.ndarray], seed: int, kinds: tuple[str, ...] = SHIFTS
+) -> tuple[dict[int, np.ndarray], list[str]]:
+    """The seeded shifted copy (:func:`shifted_copy`) of images given per size.
+
+    The copy is made at the largest size and resized, so every member sees the same shifted
+    pictures. ``kinds=(ZOOM,)`` makes the zoomed copy (every image zoomed). Returns the shifted
+    images per size and the shift applied to each image.
+    """
+    largest = max(images)
+    shifted, kinds = shifted_copy(images[largest], seed, kinds=kinds)
+    by_size = {
+        size: shifted if size == largest else np.stack([crop_and_resize(i, size) for i in shifted])
+        for size in images
+    }
+    return by_size, kinds
 
 
 def _clip(pixels: np.ndarray) -> np.ndarray:
