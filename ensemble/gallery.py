@@ -10,8 +10,10 @@ the top-3 class probabilities and every member's vote. Two uses:
   picker; "Download corrections" saves ``corrections.csv`` (``path,label``, paths relative to
   ``DIR``), which ``train-members --data corrections.csv --data-root DIR`` reads as it is.
 
-"Referred" means what it means in ``predict``: member agreement or confidence under its
-threshold (the defaults of ``predict``, :data:`MIN_AGREEMENT` and :data:`MIN_CONFIDENCE`).
+"Referred" means what it means in ``predict``: by the run's referral rule
+(:mod:`ensemble.referral`) — the conformal rule once the run is calibrated, else member
+agreement or confidence under its threshold (``predict``'s defaults, :data:`MIN_AGREEMENT` and
+:data:`MIN_CONFIDENCE`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def report_cards(
     min_agreement: float = MIN_AGREEMENT,
     min_confidence: float = MIN_CONFIDENCE,
     limit: int = GALLERY_LIMIT,
+    referred: np.ndarray | None = None,
 ) -> tuple[list[dict], dict[str, int]]:
     """The cards of the images a model got wrong or would refer, by rising confidence.
 
@@ -59,6 +62,8 @@ def report_cards(
         min_agreement: refer under this share of members voting for the prediction.
         min_confidence: refer under this probability of the prediction.
         limit: most cards; wrong images are kept first, then referred ones.
+        referred: which images the run's referral rule refers ``(N,)``; ``None`` = the
+            agreement rule with ``min_agreement`` and ``min_confidence``.
 
     Returns:
         ``(cards, counts)``: JSON-ready cards (see :func:`_card`) with ``index`` = position of
@@ -68,7 +73,8 @@ def report_cards(
     confidence = probabilities.max(axis=1)
     agreement = (votes == predicted).mean(axis=0)
     wrong = predicted != labels
-    referred = (agreement < min_agreement) | (confidence < min_confidence)
+    if referred is None:
+        referred = (agreement < min_agreement) | (confidence < min_confidence)
     chosen = np.flatnonzero(wrong | referred)
     # Wrong images first, each group by rising confidence; then cut at the limit.
     kept = chosen[np.lexsort((confidence[chosen], ~wrong[chosen]))][:limit]

@@ -48,7 +48,7 @@ from ensemble.metrics import (
     summary_metrics,
 )
 from ensemble.progress import stage
-from ensemble.referral import referral_metrics
+from ensemble.referral import agreement_referral, conformal_referral, referral_metrics
 from ensemble.report_html import read_thumbnails, render_html
 from ensemble.report_render import render_markdown, write_plots
 from ensemble.run import Run, RunDir
@@ -340,6 +340,9 @@ def build_report(
         zoomed_models, _ = score_shifted(copies["zoomed"][1], labels, None, len(classes))
     timed = shifted if shifted is not None else outputs
     ids = [str(i) for i in range(len(labels))] if ids is None else list(ids)
+    rule, referred = gallery_referral(
+        ensemble, best_combiner, probabilities[best_combiner], member_stack
+    )
     gallery = write_gallery(
         out,
         probabilities[best_combiner],
@@ -349,7 +352,9 @@ def build_report(
         names,
         ids,
         read_image,
+        referred,
     )
+    gallery["rule"] = rule
     gallery["model"] = best_combiner
     metrics = {
         "title": title,
@@ -412,6 +417,28 @@ def write_report_files(metrics: dict, out: Path) -> None:
     atomic_write_text(out / "report.html", render_html(metrics, read_thumbnails(metrics, out)))
 
 
+def gallery_referral(
+    ensemble: FittedEnsemble, combiner: str, probabilities: np.ndarray, outputs: MemberOutputs
+) -> tuple[str, np.ndarray]:
+    """Which images ``predict`` would refer with ``combiner``, by the run's default rule.
+
+    The conformal rule (the set is not exactly the prediction, or the OOD score is over its
+    threshold) once the run is calibrated well enough for its default alpha, else the agreement
+    rule at ``predict``'s default thresholds.
+
+    Returns:
+        ``(rule, referred)``: ``"conformal"`` or ``"agreement"``, and a ``(N,)`` boolean mask.
+    """
+    rule = ensemble.default_refer()
+    if rule == "conformal":
+        sets = ensemble.sets_from_probabilities(probabilities, None, combiner)
+        flagged = None
+        if ensemble.ood is not None:
+            flagged = ensemble.ood_from_outputs(outputs) > ensemble.ood_threshold
+        return rule, conformal_referral(probabilities, sets, flagged)
+    return rule, agreement_referral(probabilities, outputs.votes, MIN_AGREEMENT, MIN_CONFIDENCE)
+
+
 def write_gallery(
     out: Path,
     probabilities: np.ndarray,
@@ -421,8 +448,12 @@ def write_gallery(
     members: list[str],
     ids: Sequence[str],
     read_image: ReadImage | None,
+    referred: np.ndarray | None = None,
 ) -> dict:
     """The cards of the images a model got wrong or would refer, and their thumbnails.
+
+    ``referred`` flags the images the run's referral rule refers (:func:`gallery_referral`);
+    ``None`` = the agreement rule at ``predict``'s default thresholds.
 
     Thumbnails are written as ``out/gallery/<position>.jpg`` (earlier ones removed first) when
     ``read_image`` is given; each card's ``image`` names its file.
@@ -431,7 +462,9 @@ def write_gallery(
         ``{"cards", "counts", "min_agreement", "min_confidence"}`` (see
         :func:`ensemble.gallery.report_cards`).
     """
-    cards, counts = report_cards(probabilities, labels, votes, classes, members, ids)
+    cards, counts = report_cards(
+        probabilities, labels, votes, classes, members, ids, referred=referred
+    )
     folder = Path(out) / GALLERY_DIR
     if folder.is_dir():
         for old in folder.glob("*.jpg"):

@@ -453,6 +453,19 @@ def _confusion_table(matrix: list, classes: list[str], in_gallery: dict | None) 
     )
 
 
+def _referral_rule(gallery: dict) -> str:
+    """The gallery's referral rule, in words (galleries of earlier reports: agreement)."""
+    if gallery.get("rule") == "conformal":
+        return (
+            "the conformal prediction set is not exactly the prediction, or the image is out of "
+            "distribution"
+        )
+    return (
+        f"member agreement under {gallery['min_agreement']:.0%} or confidence under "
+        f"{gallery['min_confidence']:.0%}"
+    )
+
+
 def _gallery(metrics: dict, thumbnails: dict) -> str:
     gallery = metrics.get("gallery")
     if not gallery:
@@ -470,8 +483,7 @@ def _gallery(metrics: dict, thumbnails: dict) -> str:
     )
     return (
         f"<p>The images <b>{escape(gallery['model'])}</b> got wrong ({counts['wrong']}) or would "
-        f"refer to a human ({counts['referred']}: member agreement under "
-        f"{gallery['min_agreement']:.0%} or confidence under {gallery['min_confidence']:.0%}, as "
+        f"refer to a human ({counts['referred']}: {_referral_rule(gallery)}, as "
         f"<code>predict</code> refers them), {counts['wrong_or_referred']} in all, by rising "
         f"confidence.{cut} Click a picture to enlarge it; "
         "<b>wrong, not referred</b> are the errors nobody would look at.</p>"

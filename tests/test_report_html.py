@@ -162,6 +162,52 @@ def test_report_cards_wrong_first_under_the_limit_then_by_confidence():
         probabilities, labels, votes, CLASSES, ["m1", "m2", "m3"], ids, limit=3
     )
     assert counts["shown"] == 3 and all(c["true"] != c["predicted"] for c in cut)
+    # The run's referral rule given: its flags replace the agreement rule's.
+    conformal = np.array([False, False, False, False, False, True])
+    _, counts = report_cards(
+        probabilities, labels, votes, CLASSES, ["m1", "m2", "m3"], ids, referred=conformal
+    )
+    assert counts == {"wrong": 3, "referred": 1, "wrong_or_referred": 4, "shown": 4}
+
+
+class _CalibratedRun:
+    """What gallery_referral reads of a fitted ensemble: a calibrated run with an OOD detector."""
+
+    ood = object()
+    ood_threshold = 1.0
+
+    def __init__(self, rule):
+        self.rule = rule
+
+    def default_refer(self):
+        return self.rule
+
+    def sets_from_probabilities(self, probabilities, alpha, combiner):
+        assert alpha is None and combiner == "stack"  # the default alpha, the gallery's model
+        return probabilities > 0.25
+
+    def ood_from_outputs(self, outputs):
+        return np.array([0.5, 0.5, 2.0])
+
+
+@pytest.mark.parametrize(
+    ("rule", "referred"),
+    [
+        # sets {a}, {a,b}, {a} ; image 2 is out of distribution
+        ("conformal", [False, True, True]),
+        # agreement: image 1 has confidence 0.45 < 0.5; members all vote a
+        ("agreement", [False, True, False]),
+    ],
+)
+def test_gallery_refers_by_the_runs_rule(rule, referred):
+    from ensemble.combiners import MemberOutputs
+    from ensemble.report import gallery_referral
+
+    probabilities = np.array([[0.8, 0.1, 0.1], [0.45, 0.4, 0.15], [0.9, 0.05, 0.05]])
+    member = np.array([[0.9, 0.05, 0.05]] * 3)
+    outputs = MemberOutputs(np.stack([member, member]), np.stack([member, member]), ())
+    got_rule, flags = gallery_referral(_CalibratedRun(rule), "stack", probabilities, outputs)
+    assert got_rule == rule and flags.tolist() == referred
 
 
 @pytest.mark.parametrize("as_text", [True, False])
