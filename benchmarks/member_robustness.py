@@ -8,6 +8,12 @@ images' own size, and resized to each member's input size.
 
     python benchmarks/member_robustness.py --run runs/pbc-cpu --data ../shared/data/pbc96 \
         --split val --members mobilenetv2-64-clean mobilenetv2-64 --out results/robustness-val.json
+
+Each row is keyed ``LABEL:member/split`` (``--label``, default the run folder's name) and
+records, beside the accuracies, the member's recipe in one line and its training minutes (alone
+and with the stages it started from), so that results/recipe-ablation.md can be rendered from
+the JSON alone after the run directory is gone. ``--describe-only`` adds those two to rows
+measured before they were recorded, without measuring again.
 """
 
 from __future__ import annotations
@@ -44,6 +50,39 @@ def resized(images: np.ndarray, size: int) -> np.ndarray:
     return np.stack([crop_and_resize(image, size) for image in images])
 
 
+def minutes(run: RunDir, name: str) -> tuple[float, float]:
+    """Training minutes of ``name`` alone, and including the stages it started from."""
+    own = run.training_metrics(name)["train_seconds"] / 60
+    spec = run.member_spec(name)
+    before = (
+        minutes(run, spec.init_from)[1]
+        if spec.init_from and run.is_finished(spec.init_from)
+        else 0.0
+    )
+    return own, own + before
+
+
+def recipe(run: RunDir, name: str) -> str:
+    """One line: size, start, epochs, rate and augmentation of a member."""
+    spec = run.member_spec(name)
+    augmentation = spec.augmentation
+    parts = [f"{spec.backbone} {spec.input_size} px"]
+    parts.append(f"from {spec.init_from}" if spec.init_from else "from scratch")
+    parts.append(f"{spec.schedule.epochs} ep at {spec.schedule.learning_rate:g}")
+    parts.append(f"corruptions {augmentation.corruption_probability:g}")
+    parts.append(f"zoom {augmentation.zoom_probability:g}")
+    if spec.early_stopping.keep == "last":
+        parts.append("last epoch")
+    parts.append(f"seed {spec.seed}")
+    return ", ".join(parts)
+
+
+def describe(run: RunDir, name: str) -> dict:
+    """What the ablation table shows of a member beside its accuracies."""
+    own, total = minutes(run, name)
+    return {"recipe": recipe(run, name), "minutes": round(own, 1), "minutes_total": round(total, 1)}
+
+
 def main() -> None:
     """Score the named members and add their rows to the JSON file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -54,13 +93,23 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help="seed of the shifted/zoomed copies")
     parser.add_argument("--tta", action="store_true", help="average the 8 dihedral views")
     parser.add_argument("--out", type=Path, required=True, help="JSON file (updated, not replaced)")
+    parser.add_argument("--label", default=None, help="row key prefix (default: the run's name)")
+    parser.add_argument("--describe-only", action="store_true", help="add recipe and minutes")
     args = parser.parse_args()
 
     directory = RunDir.open(args.run)
+    label = args.label or directory.root.name
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if args.describe_only:
+        for name in args.members:
+            for key in results:
+                if key.startswith(f"{label}:{name}/"):
+                    results[key] |= describe(directory, name)
+        atomic_write_json(args.out, results)
+        return
     run = directory.with_data(load_dataset(directory.data_source(args.data)))
     images, labels = run.images(args.split, SOURCE_SIZE)
     versions = copies(images, args.seed)
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     for name in args.members:
         model = load_keras_model(directory.model_path(name))
         size = model.input_shape[1]
@@ -70,7 +119,8 @@ def main() -> None:
             probabilities, _ = member_outputs(model, resized(batch, size), tta=args.tta)
             row[version] = round(float((probabilities.argmax(1) == labels).mean()), 4)
         row["seconds"] = round(time.perf_counter() - began, 1)
-        results[f"{name}/{args.split}{'/tta' if args.tta else ''}"] = row
+        row |= describe(directory, name)
+        results[f"{label}:{name}/{args.split}{'/tta' if args.tta else ''}"] = row
         print(name, row, flush=True)
         atomic_write_json(args.out, results)
 
