@@ -385,9 +385,12 @@ def build_report(
         "gallery": gallery,
     }
     for copy, (_, copy_probabilities) in copies.items():
-        # The same pair as on the clean images (best on those), compared again on the copy.
+        # The best combiner (on clean images) against the strongest member on *these* images:
+        # a member that is best on clean images may be the weakest on shifted ones.
+        copy_best = max(names, key=lambda name: metrics[copy][name]["accuracy"])
+        metrics[f"{copy}_best_member"] = copy_best
         metrics[f"{copy}_mcnemar"] = significance_tests(
-            copy_probabilities, labels, combiners, best_member
+            copy_probabilities, labels, combiners, copy_best
         )
     # Prediction sets and OOD referral of the default combiner (ensemble.referral).
     metrics["referral"] = referral_metrics(

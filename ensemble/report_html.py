@@ -27,6 +27,7 @@ from ensemble.report_charts import (
 )
 from ensemble.report_render import (
     comparison_names,
+    copy_best_member,
     member_cells,
     model_names,
     shift_kinds,
@@ -260,13 +261,14 @@ def _accuracy(metrics: dict, thumbnails: dict) -> str:
 
 
 def _significance(metrics: dict, thumbnails: dict) -> str:
-    best, member = metrics["best_combiner"], metrics["best_member"]
+    best = metrics["best_combiner"]
     copies = [("clean", metrics.get("mcnemar", {}))] + [
         (copy, metrics.get(f"{copy}_mcnemar")) for copy in COPIES[1:]
     ]
     copies = [(copy, tests) for copy, tests in copies if tests]
     rows, verdicts = [], []
     for copy, tests in copies:
+        member = copy_best_member(metrics, copy)
         for name in [f"{best}_vs_{member}", "hard_vs_stack"]:
             if name in tests:
                 test = tests[name]
@@ -285,7 +287,7 @@ def _significance(metrics: dict, thumbnails: dict) -> str:
                 + _markdown_bold(
                     verdict(
                         f"the best combiner ({best})",
-                        f"the best single member ({member})",
+                        f"the best single member on these images ({member})",
                         tests[f"{best}_vs_{member}"],
                     )
                 )
@@ -297,7 +299,7 @@ def _significance(metrics: dict, thumbnails: dict) -> str:
                 + _markdown_bold(verdict("hard voting", "stacking", tests["hard_vs_stack"]))
                 + "</li>"
             )
-    clean = metrics.get("mcnemar", {})
+    clean, member = metrics.get("mcnemar", {}), metrics["best_member"]
     others = [
         [name.replace("_vs_", " vs "), t["first_only"], t["second_only"], f"{t['p_value']:.4g}"]
         for name, t in ((name, clean[name]) for name in comparison_names(metrics))
@@ -315,8 +317,8 @@ def _significance(metrics: dict, thumbnails: dict) -> str:
         + _table(["images", "comparison", "only first right", "only second right", "p-value"], rows)
         + extra
         + '<p class="note">Exact McNemar test on the same images: only the images one model '
-        "gets right and the other wrong count. The best combiner and the best member are those "
-        "of the clean images, compared again on each copy.</p>"
+        "gets right and the other wrong count. The best combiner is that of the clean images; "
+        "on each copy it is compared with the member that is best on that copy.</p>"
     )
 
 

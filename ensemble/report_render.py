@@ -240,13 +240,14 @@ def _significance(metrics: dict) -> list[str]:
     )
     for copy in ("shifted", "zoomed"):
         copy_tests = metrics.get(f"{copy}_mcnemar") or {}
-        if f"{best}_vs_{member}" in copy_tests:
+        copy_member = copy_best_member(metrics, copy)
+        if f"{best}_vs_{copy_member}" in copy_tests:
             lines.append(
                 f"- On the {copy} copy: "
                 + verdict(
                     f"the best combiner ({best})",
-                    f"the best single member ({member})",
-                    copy_tests[f"{best}_vs_{member}"],
+                    f"the best single member on it ({copy_member})",
+                    copy_tests[f"{best}_vs_{copy_member}"],
                 )
             )
         if "hard_vs_stack" in copy_tests:
@@ -255,6 +256,16 @@ def _significance(metrics: dict) -> list[str]:
                 + verdict("hard voting", "stacking", copy_tests["hard_vs_stack"])
             )
     return lines
+
+
+def copy_best_member(metrics: dict, copy: str) -> str:
+    """The member the combiners are tested against on a copy: the best member on that copy.
+
+    Reports written before it was recorded compared with the best member on clean images.
+    """
+    if copy == "clean":
+        return metrics["best_member"]
+    return metrics.get(f"{copy}_best_member", metrics["best_member"])
 
 
 def _shifted(metrics: dict) -> list[str]:
