@@ -464,14 +464,16 @@ def predict(
 ) -> None:
     """Classify every image under FOLDER.
 
+    Rows are written as they are made (memory stays flat however many files), in file order.
     Exit code 0 when every file was predicted, 3 when some files could not be read (each has a
     row with the reason and a line on stderr), 2 for bad options or an unusable run.
     """
-    from ensemble.predict import predict_folder, write_predictions
+    from ensemble.predict import Predictions, iter_prediction_rows, prepare_prediction
+    from ensemble.prediction_files import default_output, write_rows
 
     if batch_size < 1:
         raise typer.BadParameter(f"--batch-size must be >= 1. Received: {batch_size}")
-    result = predict_folder(
+    job = prepare_prediction(
         folder,
         run,
         combiner=combiner,
@@ -482,16 +484,25 @@ def predict(
         alpha=alpha,
         refer=refer.value if refer else None,
     )
-    out = write_predictions(result, out, json_output)
-    rate = result.n_predicted / max(result.seconds, 1e-9)
+    out = default_output(out, json_output)
+    tally = write_rows(
+        iter_prediction_rows(job),
+        out,
+        columns=job.columns(),
+        header=job.header,
+        as_json=json_output,
+        keep_rows=html is not None,  # the review page needs them
+    )
+    rate = tally.n_predicted / max(tally.seconds, 1e-9)
     typer.echo(
-        f"{result.n_predicted} predicted, {result.n_skipped} skipped, {result.seconds:.1f} s, "
+        f"{tally.n_predicted} predicted, {tally.n_skipped} skipped, {tally.seconds:.1f} s, "
         f"{rate:.0f} img/s → {out}",
         err=True,
     )
     if html:
-        _write_review_page(result, folder, run, html)
-    if result.n_skipped:
+        kept = Predictions(job.members, job.classes, job.header, tally.rows, tally.seconds)
+        _write_review_page(kept, folder, run, html)
+    if tally.n_skipped:
         raise typer.Exit(3)
 
 

@@ -40,6 +40,39 @@ def synthetic_folder(tmp_path_factory) -> Path:
     return write_folder(tmp_path_factory.mktemp("synthetic") / "cells", per_class=12, size=48)
 
 
+@pytest.fixture()
+def messy_folder(synthetic_folder, tmp_path):
+    """Images that decode (nested, grey, RGBA, JPEG, odd names), unreadable files, a folder
+    link loop and OS clutter: 5 images and 3 unreadable files for ``predict``."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "incoming"
+    (folder / "nested").mkdir(parents=True)
+    source = (
+        synthetic_folder
+        / "lymphocyte"
+        / sorted(p.name for p in (synthetic_folder / "lymphocyte").iterdir())[0]
+    )
+    shutil.copy(source, folder / "good.png")
+    pixels = np.asarray(Image.open(source).convert("RGB"))
+    Image.fromarray(pixels).convert("L").save(folder / "nested" / "gray.png")
+    rgba = np.dstack([pixels, np.full(pixels.shape[:2], 200, np.uint8)])
+    Image.fromarray(rgba).save(folder / "rgba.png")
+    Image.fromarray(np.tile(pixels, (4, 4, 1))).save(folder / "big.jpg", quality=90)  # not 32 px
+    (folder / "zero.jpg").write_bytes(b"")
+    jpeg = io.BytesIO()
+    Image.fromarray(np.tile(pixels, (3, 3, 1))).save(jpeg, "JPEG")
+    (folder / "truncated.jpg").write_bytes(jpeg.getvalue()[:300])
+    (folder / "text.jpg").write_text("I am not an image")
+    shutil.copy(source, folder / "nested" / "café cell №1.png")  # spaces and non-ASCII
+    (folder / "nested" / "loop").symlink_to(folder)  # a symlink loop
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # OS clutter: not an image, ignored
+    return folder
+
+
 @dataclass(frozen=True)
 class CliRun:
     """A command's run directory and what the command printed."""

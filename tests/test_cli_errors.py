@@ -2,10 +2,10 @@
 
 import errno
 import shutil
-from pathlib import Path
 
 import pytest
 
+import ensemble.prediction_files
 from ensemble import __version__
 from tests.conftest import run_cli
 
@@ -30,10 +30,12 @@ def test_disk_full_while_writing_predictions(
     out = tmp_path / "predictions.csv"
     out.write_text("previous predictions\n")
 
-    def full_disk(path, data):
+    def full_disk(rows, stream, columns):
+        stream.write(",".join(columns) + "\n")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(Path, "write_bytes", full_disk)  # how atomic writes fill their file
+    # The disk fills up while the rows stream into the temporary file.
+    monkeypatch.setattr(ensemble.prediction_files, "write_csv", full_disk)
     code, _, err = run_cli(
         ["predict", synthetic_folder / "platelet", "--run", fitted_ci_run, "--out", out], capsys
     )

@@ -1,5 +1,4 @@
 import csv
-import io
 import json
 import shutil
 
@@ -11,32 +10,6 @@ from ensemble.errors import NotFittedError, RunError
 from ensemble.fitted import FittedEnsemble
 from ensemble.stacker import Stacker
 from tests.conftest import run_cli
-
-
-@pytest.fixture()
-def messy_folder(synthetic_folder, tmp_path):
-    folder = tmp_path / "incoming"
-    (folder / "nested").mkdir(parents=True)
-    source = (
-        synthetic_folder
-        / "lymphocyte"
-        / sorted(p.name for p in (synthetic_folder / "lymphocyte").iterdir())[0]
-    )
-    shutil.copy(source, folder / "good.png")
-    pixels = np.asarray(Image.open(source).convert("RGB"))
-    Image.fromarray(pixels).convert("L").save(folder / "nested" / "gray.png")
-    rgba = np.dstack([pixels, np.full(pixels.shape[:2], 200, np.uint8)])
-    Image.fromarray(rgba).save(folder / "rgba.png")
-    Image.fromarray(np.tile(pixels, (4, 4, 1))).save(folder / "big.jpg", quality=90)  # not 32 px
-    (folder / "zero.jpg").write_bytes(b"")
-    jpeg = io.BytesIO()
-    Image.fromarray(np.tile(pixels, (3, 3, 1))).save(jpeg, "JPEG")
-    (folder / "truncated.jpg").write_bytes(jpeg.getvalue()[:300])
-    (folder / "text.jpg").write_text("I am not an image")
-    shutil.copy(source, folder / "nested" / "café cell №1.png")  # spaces and non-ASCII
-    (folder / "nested" / "loop").symlink_to(folder)  # a symlink loop
-    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # OS clutter: not an image, ignored
-    return folder
 
 
 def test_predict_mixed_folder(fitted_ci_run, messy_folder, tmp_path, capsys):
@@ -271,8 +244,6 @@ def test_fitted_ensemble_loads_once_and_predicts_like_the_command(
     assert [fitted.classes[i] for i in predicted] == [
         row["prediction"] for row in csv.DictReader(out.open())
     ]
-    from PIL import Image
-
     big = np.stack([np.asarray(Image.open(p).convert("RGB").resize((64, 64))) for p in paths])
     assert fitted.predict_proba(big).shape == (12, 8)  # any size: resized per member
 
