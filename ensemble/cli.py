@@ -461,6 +461,21 @@ def predict(
             "picker, and a 'Download corrections' button (a path,label CSV for train-members)."
         ),
     ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="local|auto|ADDRESS",
+            help="Predict on a Ray cluster (Ray Data, one actor per --num-cpus holding the "
+            "ensemble): 'local' starts a cluster here, 'auto' joins this node's, or HOST:6379. "
+            "The folder and run on storage every node mounts at the same path. Same rows, same "
+            "order. Needs pip install 'blood-ensemble[ray]'.",
+        ),
+    ] = None,
+    num_cpus: Annotated[
+        float | None,
+        typer.Option(min=0.01, help="With --ray: CPUs per actor (default 1)."),
+    ] = None,
 ) -> None:
     """Classify every image under FOLDER.
 
@@ -473,6 +488,12 @@ def predict(
 
     if batch_size < 1:
         raise typer.BadParameter(f"--batch-size must be >= 1. Received: {batch_size}")
+    if ray_address is None and num_cpus is not None:
+        raise typer.BadParameter("--num-cpus applies with --ray only")
+    if ray_address is not None:
+        from ensemble.ray_training import require_ray
+
+        require_ray()  # before anything is loaded
     job = prepare_prediction(
         folder,
         run,
@@ -484,9 +505,15 @@ def predict(
         alpha=alpha,
         refer=refer.value if refer else None,
     )
+    if ray_address is not None:
+        from ensemble.ray_predict import iter_prediction_rows_on_ray
+
+        rows = iter_prediction_rows_on_ray(job, address=ray_address, num_cpus=num_cpus)
+    else:
+        rows = iter_prediction_rows(job)
     out = default_output(out, json_output)
     tally = write_rows(
-        iter_prediction_rows(job),
+        rows,
         out,
         columns=job.columns(),
         header=job.header,

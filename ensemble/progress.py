@@ -25,6 +25,11 @@ def _bar_disabled() -> bool:
     return mode == "0" or (mode != "1" and not sys.stderr.isatty())
 
 
+def bars_enabled() -> bool:
+    """Whether progress bars are shown (``ENSEMBLE_PROGRESS``; see the module docstring)."""
+    return not _bar_disabled()
+
+
 def progress_bar(total: int, desc: str, unit: str = "img") -> tqdm:
     """A tqdm bar on stderr, advanced by hand (``bar.update(n)``); use it with ``with``.
 

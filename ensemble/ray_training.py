@@ -171,7 +171,7 @@ def train_members_on_ray(
             max_retries=max_retries,
             retry_exceptions=False,  # a user error fails the same way again
             name=f"train-member {name}",
-            runtime_env={"env_vars": _thread_env(threads)},
+            runtime_env={"env_vars": thread_env(threads)},
         ).remote(
             pipeline_ref,
             dataset_ref,
@@ -208,7 +208,7 @@ def summary(results: dict[str, RayMemberResult]) -> str:
 
 def _train_task(pipeline, dataset, run_root, name, resources, claims, *after) -> dict:
     """Body of one member's Ray task (in a fresh worker process)."""
-    threads = _limit_tensorflow_threads(resources["threads"])
+    threads = limit_tensorflow_threads(resources["threads"])
     from ensemble.run import open_run
 
     run = open_run(run_root, dataset)
@@ -241,7 +241,7 @@ def _remote_task(ray):
     return _REMOTE["task"]
 
 
-def _thread_env(threads: int) -> dict[str, str]:
+def thread_env(threads: int) -> dict[str, str]:
     """Read by TensorFlow when its runtime starts: its thread pools fit the task's CPUs."""
     return {
         "TF_NUM_INTRAOP_THREADS": str(threads),
@@ -250,9 +250,9 @@ def _thread_env(threads: int) -> dict[str, str]:
     }
 
 
-def _limit_tensorflow_threads(threads: int) -> int:
+def limit_tensorflow_threads(threads: int) -> int:
     """Set TensorFlow's thread pools to ``threads``; returns the intra-op count in effect."""
-    for key, value in _thread_env(threads).items():
+    for key, value in thread_env(threads).items():
         os.environ.setdefault(key, value)
     import tensorflow as tf
 

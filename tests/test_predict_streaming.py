@@ -140,3 +140,10 @@ def test_command_output_equals_the_python_api_rows(fitted_ci_run, messy_folder, 
     written = json.loads((tmp_path / "p.json").read_text())
     assert written["predictions"] == kept.rows  # every value, exactly (the same process)
     assert written["header"] == kept.header | {"n_predicted": 5, "n_skipped": 3}
+
+
+def test_num_cpus_without_ray_is_refused(tmp_path, capsys):
+    code, _, err = run_cli(
+        ["predict", tmp_path, "--run", tmp_path / "run", "--num-cpus", "2"], capsys
+    )
+    assert code == 2 and "--num-cpus applies with --ray only" in err
