@@ -46,6 +46,12 @@ def main() -> None:
     parser.add_argument("--num-cpus", type=float, default=1, help="CPUs per Ray actor")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--variants", nargs="+", default=["plain", "ray"])
+    parser.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="write the images and the run under --work, measure nothing (e.g. while the "
+        "machine is busy with other work; the measurements want it idle)",
+    )
     parser.add_argument("--out", type=Path, default=Path("results/scale-out-predict.json"))
     parser.add_argument("--child", choices=["plain", "ray"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -78,6 +84,10 @@ def _benchmark(args: argparse.Namespace, work: Path) -> None:
     began = time.perf_counter()
     _write_images(work / "all", max(args.images))
     results["image_generation_seconds"] = round(time.perf_counter() - began, 1)
+    if args.prepare_only:
+        for count in args.images:
+            _linked_folder(work, count)
+        return
     for count in args.images:
         folder = _linked_folder(work, count)
         outputs = {}
