@@ -4,7 +4,9 @@ Renders the rows that ``benchmarks/member_robustness.py`` measured (clean, shift
 accuracy of single members on val and test, each with its recipe and training minutes, keyed
 ``RUN:member/split``) as one table per split. The prose around the tables is kept in
 ``--notes`` (a Markdown file with the placeholders ``{val_table}`` and ``{test_table}``), so the
-numbers are always regenerated and never typed by hand.
+numbers are always regenerated and never typed by hand. ``{spread_table}`` becomes the
+seed-to-seed spread of ``--spread-run``'s members: members whose recipes differ only in their
+seed (and in which earlier stage of the same recipe they started from) form one group.
 
     python benchmarks/recipe_ablation.py --robustness results/recipe-ablation.json \
         --notes results/recipe-ablation-notes.md --out results/recipe-ablation.md
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import statistics
 from pathlib import Path
 
 from ensemble.fileio import atomic_write_text
@@ -39,17 +43,50 @@ def table(rows: dict, split: str) -> list[str]:
     return lines
 
 
+def recipe_without_seed(recipe: str) -> str:
+    """A recipe line with its seed left out and the stage it started from named generically."""
+    recipe = re.sub(r", seed \d+$", "", recipe)
+    return re.sub(r"from (?!scratch)[^,]+", "from its clean stage", recipe)
+
+
+def spread_table(rows: dict, run: str) -> list[str]:
+    """Seed-to-seed spread of one run's members on val and test, one line per recipe group."""
+    groups: dict[tuple[str, str], list[tuple[str, dict]]] = {}
+    for key, row in rows.items():
+        row_run, rest = key.split(":", 1)
+        name, split, *tta = rest.split("/")
+        if row_run == run and not tta:
+            groups.setdefault((recipe_without_seed(row["recipe"]), split), []).append((name, row))
+    lines = [
+        "| recipe (seeds differ) | split | members | clean | shifted | zoomed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (recipe, split), members in sorted(groups.items(), key=lambda item: item[0]):
+        if len(members) < 2:
+            continue
+        cells = []
+        for copy in ("clean", "shifted", "zoomed"):
+            values = [row[copy] for _, row in members]
+            cells.append(f"{statistics.mean(values):.4f} ({min(values):.4f}–{max(values):.4f})")
+        names = ", ".join(name for name, _ in members)
+        lines.append(f"| {recipe} | {split} | {names} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     """Render the ablation tables and the notes into one Markdown file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--robustness", type=Path, required=True)
     parser.add_argument("--notes", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--spread-run", default=None, help="run label of {spread_table}")
     args = parser.parse_args()
     rows = json.loads(args.robustness.read_text())
     notes = args.notes.read_text()
     for split in ("val", "test"):
         notes = notes.replace(f"{{{split}_table}}", "\n".join(table(rows, split)))
+    if args.spread_run:
+        notes = notes.replace("{spread_table}", "\n".join(spread_table(rows, args.spread_run)))
     atomic_write_text(args.out, notes)
 
 
