@@ -6,6 +6,7 @@ combiner (the one fit-stacker chose on blend) has the best mean val accuracy ove
 The test split is not looked at. The run is left fitted with the chosen variant.
 
     python benchmarks/combiner_variants.py --run runs/pbc-cpu --tta \
+        --members mobilenetv2-64,mobilenetv2-64b,ovr-mobilenetv2-64 \
         --experts mobilenetv2-64-clean,mobilenetv2-64b-clean \
         --out results/combiner-variants.json
 
@@ -36,13 +37,16 @@ def _ensemble(*args: object) -> None:
     subprocess.run(command, check=True)
 
 
-def variants(run: Path, copies: int, experts: list[str]) -> dict[str, list[str]]:
-    """Each variant's extra fit-stacker options."""
-    members = RunDir.open(run).members
-    result = {"clean": [], "copies": ["--shift-copies", str(copies)]}
+def variants(
+    run: Path, copies: int, experts: list[str], members: list[str] | None = None
+) -> dict[str, list[str]]:
+    """Each variant's extra fit-stacker options (``members``: default, the pipeline's)."""
+    members = members or RunDir.open(run).members
+    chosen = ["--members", ",".join(members)]
+    result = {"clean": chosen, "copies": ["--shift-copies", str(copies), *chosen]}
     if experts:
-        chosen = [*experts, *(name for name in members if name not in experts)]
-        result["copies+experts"] = [*result["copies"], "--members", ",".join(chosen)]
+        everyone = [*experts, *(name for name in members if name not in experts)]
+        result["copies+experts"] = ["--shift-copies", str(copies), "--members", ",".join(everyone)]
     return result
 
 
@@ -85,12 +89,14 @@ def main() -> None:
     parser.add_argument("--tta", action="store_true")
     parser.add_argument("--shift-copies", type=int, default=2)
     parser.add_argument("--experts", default="", help="clean pre-training stages, a,b")
+    parser.add_argument("--members", default="", help="the members to combine (default: run's)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     experts = [name for name in args.experts.split(",") if name]
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
-        for name, options in variants(args.run, args.shift_copies, experts).items():
+        members = [name for name in args.members.split(",") if name] or None
+        for name, options in variants(args.run, args.shift_copies, experts, members).items():
             results[name] = score_variant(args.run, options, args.tta, Path(scratch), name)
             print(json.dumps({name: results[name]}, indent=1), flush=True)
 
