@@ -121,7 +121,18 @@ def main() -> None:
 
 def render(record: dict) -> str:
     """The variants as a Markdown table (val accuracy of each variant's default combiner)."""
+    views = ", test-time augmentation (8 dihedral views)" if record["tta"] else ""
     lines = [
+        "# How to fit the combiners: chosen on val",
+        "",
+        f"Run `{record['run']}`{views}. Each variant is fitted with `ensemble fit-stacker` and "
+        "scored with `ensemble report --split val` (the clean val images, a seeded shifted copy "
+        "and a zoomed copy); the chosen one has the best mean val accuracy of its default "
+        "combiner over the three. The test split is not looked at. Made by "
+        "`benchmarks/combiner_variants.py` (command in results/README.md).",
+        "",
+    ]
+    lines += [
         "| variant | default combiner | val clean | val shifted | val zoomed | best member on val "
         "(clean / shifted / zoomed) |",
         "|---|---|---|---|---|---|",
