@@ -163,7 +163,7 @@ def fit_combiners(
         {
             "design": DESIGN,
             "seed": seed,
-            "blend_fit_ids": fitting_set.ids,
+            "blend_fit_ids": [i for i, keep in zip(ids, fit_rows, strict=True) if keep],
             "calibration_ids": [i for i, keep in zip(ids, calibration_rows, strict=True) if keep],
         },
     )

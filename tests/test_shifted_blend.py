@@ -84,7 +84,7 @@ def test_fit_stacker_with_shift_copies_and_chosen_members(fitted_ci_run, capsys,
         ),
         (
             ["--shift-copies", "-1"],
-            "Invalid value for '--shift-copies': -1 is not in the range x>=0",
+            "error: Invalid value for '--shift-copies': Input should be greater than or equal to 0",
         ),
     ],
 )
