@@ -41,6 +41,7 @@ def test_copies_follow_the_clean_rows_and_stay_in_their_images_fold():
     assert grown.labels.tolist() == blend.labels.tolist() * 3
     assert grown.ids == blend.ids * 3
     for (fit, held), (clean_fit, clean_held) in zip(grown.folds, folds, strict=True):
+        assert sorted(fit % n) == sorted(clean_fit.tolist() * 3)  # copies fitted with the image
         assert sorted(held % n) == sorted(clean_held.tolist() * 3)  # an image's copies held out
         assert set(fit % n).isdisjoint(held % n)  # ... and none of them fitted on
         assert len(fit) + len(held) == 3 * n
