@@ -69,7 +69,8 @@ def recipe(run: RunDir, name: str) -> str:
     parts = [f"{spec.backbone} {spec.input_size} px"]
     parts.append(f"from {spec.init_from}" if spec.init_from else "from scratch")
     parts.append(f"{spec.schedule.epochs} ep at {spec.schedule.learning_rate:g}")
-    parts.append(f"corruptions {augmentation.corruption_probability:g}")
+    one = " (one per image)" if augmentation.corruption_mode == "one" else ""
+    parts.append(f"corruptions {augmentation.corruption_probability:g}{one}")
     parts.append(f"zoom {augmentation.zoom_probability:g}")
     if spec.early_stopping.keep == "last":
         parts.append("last epoch")

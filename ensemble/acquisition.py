@@ -2,8 +2,10 @@
 
 Real smears differ from the training images in stain, focus, exposure and compression. To make
 members robust to that, each training image independently gets each of these corruptions with
-probability ``probability`` (so with 0.25, about a fifth of the images stay untouched and most
-get one or two), in the order a microscope and a file format would apply them:
+probability ``probability`` (so with 0.25, about a seventh of the images stay untouched and most
+get one or two), in the order a microscope and a file format would apply them; or, in the
+``"one"`` mode, at most one of them, chosen uniformly, with ``probability`` (so that a share of
+every batch stays clean):
 
 =============  =====================================================================
 rotation       an arbitrary angle in ±45° (with the dihedral symmetries: any angle),
@@ -33,6 +35,7 @@ from __future__ import annotations
 import math
 
 CORRUPTIONS = ("rotation", "stain", "exposure", "hue", "blur", "noise", "jpeg")
+CORRUPTION_MODES = ("independent", "one")  # several corruptions per image, or at most one
 
 MAX_ROTATION_DEGREES = 45.0
 STAIN_GAIN_RANGE = (0.7, 1.3)
@@ -45,23 +48,39 @@ JPEG_QUALITY_RANGE = (10, 90)
 DEFAULT_ZOOM_RANGE = (0.65, 2.2)  # scale factors: 0.65 = cell shown smaller, 2.2 = larger
 
 
-def corrupt(images, probability: float, seed):
-    """Apply each acquisition corruption to each image of a batch with ``probability``.
+def corrupt(images, probability: float, seed, mode: str = "independent"):
+    """Apply acquisition corruptions to a batch, each image drawn on its own.
 
     Args:
         images: ``(B, S, S, 3)`` float32 tensor, values in 0–255.
-        probability: chance that a given corruption is applied to a given image.
+        probability: with ``mode="independent"``, the chance that a given corruption is applied
+            to a given image; with ``mode="one"``, the chance that an image gets one corruption.
         seed: shape ``[2]`` integer tensor (a stateless-random seed); same seed, same output.
+        mode: one of :data:`CORRUPTION_MODES`. ``"independent"``: each corruption on its own
+            (several may stack on one image). ``"one"``: at most one corruption per image,
+            chosen uniformly — as a lab's images differ in one way at a time, and a share
+            ``1 - probability`` of the batch stays clean.
 
     Returns:
         A tensor of the same shape and range.
     """
     import tensorflow as tf
 
+    if mode not in CORRUPTION_MODES:
+        raise ValueError(f"mode must be one of {list(CORRUPTION_MODES)}. Received: mode={mode!r}")
     batch = tf.shape(images)[0]
     seeds = iter(tf.unstack(tf.random.experimental.stateless_split(seed, 2 * len(CORRUPTIONS))))
-    for corruption in (_rotate, _stain, _exposure, _hue, _blur, _noise, _jpeg):
+    if mode == "one":  # its own draws, so that "independent" keeps the ones it always had
+        one_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+        apply_seed, kind_seed = tf.unstack(tf.random.experimental.stateless_split(one_seed, 2))
+        applied = tf.random.stateless_uniform([batch], apply_seed) < probability
+        kind = tf.random.stateless_uniform(
+            [batch], kind_seed, 0, len(CORRUPTIONS), dtype=tf.int32
+        )
+    for index, corruption in enumerate((_rotate, _stain, _exposure, _hue, _blur, _noise, _jpeg)):
         chosen = tf.random.stateless_uniform([batch], next(seeds)) < probability
+        if mode == "one":
+            chosen = applied & tf.equal(kind, index)
         images = corruption(images, chosen, next(seeds))
     return tf.clip_by_value(images, 0.0, 255.0)
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ensemble.acquisition import DEFAULT_ZOOM_RANGE
+from ensemble.acquisition import CORRUPTION_MODES, DEFAULT_ZOOM_RANGE
 from ensemble.errors import ConfigError
-from ensemble.validation import check_range
+from ensemble.validation import check_choice, check_range
 
 #: The report's best RandAugment setting.
 DEFAULT_MAGNITUDE = 0.45
@@ -31,6 +31,8 @@ class AugmentationConfig:
     randaugment_per_image: int = DEFAULT_AUGMENTATIONS_PER_IMAGE  # keras-cv augmentations_per_image
     corruption_probability: float = 0.0  # chance of each acquisition corruption (stain, exposure,
     #   hue, rotation, blur, noise, JPEG; ensemble.acquisition) per image; 0 disables them
+    corruption_mode: str = "independent"  # "independent": each corruption with that chance;
+    #   "one": with that chance an image gets exactly one, chosen uniformly (the rest stay clean)
     zoom_probability: float = 0.0  # chance that an image is shown larger or smaller; 0 disables
     zoom_min: float = DEFAULT_ZOOM_RANGE[0]  # smallest scale factor (< 1: cell shown smaller)
     zoom_max: float = DEFAULT_ZOOM_RANGE[1]  # largest scale factor (2 = cell twice as large)
@@ -39,6 +41,7 @@ class AugmentationConfig:
         check_range(self, "randaugment_magnitude", 0, 1)
         check_range(self, "randaugment_per_image", 0)
         check_range(self, "corruption_probability", 0, 1)
+        check_choice(self, "corruption_mode", CORRUPTION_MODES)
         check_range(self, "zoom_probability", 0, 1)
         check_range(self, "zoom_min", 0, 1, low_open=True)
         check_range(self, "zoom_max", 1, 4)
@@ -169,7 +172,10 @@ def training_dataset(
             batch_images = randaugment(batch_images, training=True)
         if augmentation.corruption_probability > 0:
             batch_images = corrupt(
-                batch_images, augmentation.corruption_probability, corruption_seed
+                batch_images,
+                augmentation.corruption_probability,
+                corruption_seed,
+                mode=augmentation.corruption_mode,
             )
         return (batch_images, *rest)
 

@@ -92,3 +92,48 @@ def test_same_seed_same_corruptions(cells):
     first = corrupt(cells, 0.5, np.array([1, 1])).numpy()
     assert np.array_equal(first, corrupt(cells, 0.5, np.array([1, 1])).numpy())
     assert not np.array_equal(first, corrupt(cells, 0.5, np.array([1, 2])).numpy())
+
+
+def _changed(out, images):
+    return np.abs(out - images).reshape(len(images), -1).mean(axis=1) > 0.5
+
+
+def test_one_mode_leaves_the_rest_of_the_batch_clean(cells):
+    many = np.concatenate([cells] * 25)  # 200 images
+    one = corrupt(many, 0.5, SEED, mode="one").numpy()
+    independent = corrupt(many, 0.5, SEED, mode="independent").numpy()
+    # "one": half the images get one corruption; "independent": all but 0.5**7 get some
+    assert 0.35 < _changed(one, many).mean() < 0.65
+    assert _changed(independent, many).mean() > 0.95
+    assert _changed(corrupt(many, 1.0, SEED, mode="one").numpy(), many).mean() > 0.9
+
+
+def test_one_mode_applies_a_single_corruption(cells):
+    """Each image equals the original with exactly one of the corruptions, never a stack."""
+    import tensorflow as tf
+
+    out = corrupt(cells, 1.0, SEED, mode="one").numpy()
+    everywhere = np.ones(len(cells), bool)
+    seeds = tf.unstack(tf.random.experimental.stateless_split(SEED, 2 * len(CORRUPTIONS)))
+    singles = [
+        np.clip(ONE_CORRUPTION[name](cells, everywhere, seeds[2 * i + 1]).numpy(), 0, 255)
+        for i, name in enumerate(CORRUPTIONS)
+    ]
+    for index in range(len(cells)):
+        matches = [
+            name
+            for name, single in zip(CORRUPTIONS, singles, strict=True)
+            if np.allclose(out[index], single[index], atol=1e-3)
+        ]
+        assert len(matches) == 1, (index, matches)
+
+
+def test_independent_is_the_default_mode(cells):
+    assert np.array_equal(
+        corrupt(cells, 0.5, SEED).numpy(), corrupt(cells, 0.5, SEED, mode="independent").numpy()
+    )
+
+
+def test_unknown_mode_named(cells):
+    with pytest.raises(ValueError, match="mode must be one of \\['independent', 'one'\\]"):
+        corrupt(cells, 0.5, SEED, mode="each")

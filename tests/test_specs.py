@@ -34,6 +34,11 @@ BAD_SPECS = [
     ({"augmentation": {"zoom_probability": 1.5}}, "augmentation.zoom_probability must be in"),
     ({"augmentation": {"zoom_max": 0.5}}, "augmentation.zoom_max must be in \\[1, 4\\]"),
     (
+        {"augmentation": {"corruption_mode": "each"}},
+        "augmentation.corruption_mode must be one of \\['independent', 'one'\\]. "
+        "Received: corruption_mode='each'",
+    ),
+    (
         {"init_from": "other", "weights": "imagenet"},
         "weights must be 'none' when init_from is set",
     ),
