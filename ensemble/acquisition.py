@@ -68,21 +68,50 @@ def corrupt(images, probability: float, seed, mode: str = "independent"):
 
     if mode not in CORRUPTION_MODES:
         raise ValueError(f"mode must be one of {list(CORRUPTION_MODES)}. Received: mode={mode!r}")
+    corruptions = (_rotate, _stain, _exposure, _hue, _blur, _noise, _jpeg)
+    if mode == "one":
+        kinds = one_corruption_kinds(tf.shape(images)[0], probability, seed)
+        for index, corruption in enumerate(corruptions):
+            images = _corrupt_subset(corruption, images, tf.equal(kinds, index), seed, index)
+        return tf.clip_by_value(images, 0.0, 255.0)
     batch = tf.shape(images)[0]
     seeds = iter(tf.unstack(tf.random.experimental.stateless_split(seed, 2 * len(CORRUPTIONS))))
-    if mode == "one":  # its own draws, so that "independent" keeps the ones it always had
-        one_seed = tf.random.experimental.stateless_fold_in(seed, 1)
-        apply_seed, kind_seed = tf.unstack(tf.random.experimental.stateless_split(one_seed, 2))
-        applied = tf.random.stateless_uniform([batch], apply_seed) < probability
-        kind = tf.random.stateless_uniform(
-            [batch], kind_seed, 0, len(CORRUPTIONS), dtype=tf.int32
-        )
-    for index, corruption in enumerate((_rotate, _stain, _exposure, _hue, _blur, _noise, _jpeg)):
+    for corruption in corruptions:
         chosen = tf.random.stateless_uniform([batch], next(seeds)) < probability
-        if mode == "one":
-            chosen = applied & tf.equal(kind, index)
         images = corruption(images, chosen, next(seeds))
     return tf.clip_by_value(images, 0.0, 255.0)
+
+
+def one_corruption_kinds(batch, probability: float, seed):
+    """Which corruption each image of a batch gets in the ``"one"`` mode of :func:`corrupt`.
+
+    Returns:
+        ``(batch,)`` int32 tensor: an index into :data:`CORRUPTIONS`, or -1 for an image left
+        clean (with probability ``1 - probability``).
+    """
+    import tensorflow as tf
+
+    one_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+    apply_seed, kind_seed = tf.unstack(tf.random.experimental.stateless_split(one_seed, 2))
+    applied = tf.random.stateless_uniform([batch], apply_seed) < probability
+    kinds = tf.random.stateless_uniform([batch], kind_seed, 0, len(CORRUPTIONS), dtype=tf.int32)
+    return tf.where(applied, kinds, -tf.ones_like(kinds))
+
+
+def _corrupt_subset(corruption, images, mask, seed, index: int):
+    """Apply one corruption to the masked images only (computed on those alone: cheaper)."""
+    import tensorflow as tf
+
+    positions = tf.where(mask)
+    kind_seed = tf.random.experimental.stateless_fold_in(seed, 2 + index)
+
+    def apply():
+        chosen = tf.gather_nd(images, positions)
+        corrupted = corruption(chosen, tf.ones([tf.shape(chosen)[0]], tf.bool), kind_seed)
+        return tf.tensor_scatter_nd_update(images, positions, corrupted)
+
+    # Some ops (the blur's padded convolutions) mis-shape an empty batch: skip it instead.
+    return tf.cond(tf.size(positions) > 0, apply, lambda: images)
 
 
 def random_zoom(images, probability: float, zoom_range: tuple[float, float], seed):
