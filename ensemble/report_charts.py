@@ -110,7 +110,7 @@ def forest_plot(rows: Sequence[dict], title: str = "") -> str:
         title: the chart's accessible name.
     """
     height = 34 + 22 * len(rows) + 30
-    label_width = 12 + 7 * max((len(r["name"]) for r in rows), default=4)
+    label_width = 16 + 8 * max((len(r["name"]) for r in rows), default=4)  # bold: ~8 px a letter
     frame = Frame(
         720,
         height,
@@ -158,7 +158,7 @@ def copies_plot(rows: Sequence[dict], copies: Sequence[str], title: str = "") ->
         title: the chart's accessible name.
     """
     height = 34 + 22 * len(rows) + 30
-    label_width = 12 + 7 * max((len(r["name"]) for r in rows), default=4)
+    label_width = 16 + 8 * max((len(r["name"]) for r in rows), default=4)  # bold: ~8 px a letter
     values = [r[c] for r in rows for c in copies if r.get(c) is not None]
     frame = Frame(
         720, height, accuracy_range(values), (0, len(rows)), margin=(24, 20, 30, label_width)

@@ -217,7 +217,7 @@ def _leaderboard(metrics: dict, thumbnails: dict) -> str:
         css = ' class="best-row"' if row["model"] in best else ""
         body.append(f"<tr{css}>{''.join(cells)}</tr>")
     return (
-        '<div class="scroll"><table class="sortable" id="leaderboard">'
+        '<div class="scroll"><table class="sortable" id="leaderboard-table">'
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
         '<p class="note">Click a column to sort. Also written as <code>leaderboard.csv</code>. '
         "CV blend: fit-stacker's cross-validated accuracy on the blend split (how the default "

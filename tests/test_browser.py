@@ -66,9 +66,9 @@ def test_report_page_loads_offline_and_filters_the_gallery_by_confusion_cell(
     browser.click('.gallery-bar button[data-kind="all"]')
     assert browser.evaluate("document.querySelectorAll('.card:not([hidden])').length") == len(cards)
     # Sorting the leaderboard by a column reorders its rows.
-    browser.click("#leaderboard thead th:nth-child(1)")
+    browser.click("#leaderboard-table thead th:nth-child(1)")
     names = browser.evaluate(
-        "Array.from(document.querySelectorAll('#leaderboard tbody tr td:first-child'))"
+        "Array.from(document.querySelectorAll('#leaderboard-table tbody tr td:first-child'))"
         ".map(td => td.textContent)"
     )
     assert names == sorted(names, reverse=True)

@@ -96,7 +96,9 @@ def test_leaderboard_csv_equals_metrics(ci_report):
     # The page shows the same rows.
     page = (out / "report.html").read_text()
     table = page[
-        page.index('id="leaderboard"') : page.index("</table>", page.index('id="leaderboard"'))
+        page.index('id="leaderboard-table"') : page.index(
+            "</table>", page.index('id="leaderboard-table"')
+        )
     ]
     assert table.count("<tr") == len(rows) + 1
 
