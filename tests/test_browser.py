@@ -44,6 +44,18 @@ def test_report_page_loads_offline_and_filters_the_gallery_by_confusion_cell(
     cards = metrics["gallery"]["cards"]
     assert browser.evaluate("document.querySelectorAll('.card').length") == len(cards) > 0
     assert browser.evaluate("document.querySelectorAll('.card:not([hidden])').length") == len(cards)
+    # Every wrong answer of the gallery's model is a card (the confusion matrix's off-diagonal),
+    # and every card's picture has loaded.
+    confusion = np.array(metrics["models"][metrics["gallery"]["model"]]["confusion"])
+    wrong_cards = browser.evaluate(
+        "Array.from(document.querySelectorAll('.card')).filter("
+        "c => c.dataset.true !== c.dataset.pred).length"
+    )
+    assert wrong_cards == confusion.sum() - np.trace(confusion)
+    assert browser.evaluate(
+        "Array.from(document.querySelectorAll('.card img')).every("
+        "i => i.complete && i.naturalWidth > 0)"
+    )
     # Click the largest error cell of the best combiner's confusion matrix.
     classes = metrics["classes"]
     matrix = np.array(metrics["models"][metrics["best_combiner"]]["confusion"])
