@@ -44,17 +44,28 @@ def log_features(per_member: list[np.ndarray]) -> np.ndarray:
     return np.log(np.concatenate(per_member, axis=1) + 1e-6)
 
 
-def main() -> None:
-    """Fit the probe on blend (+ copies) and write its val accuracies beside the members'."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def probe_arguments(description: str) -> argparse.Namespace:
+    """A probe's command line: ``--run``, ``--data``, ``--members``, ``--out``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--run", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--members", nargs="+", required=True)
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def open_members(args: argparse.Namespace) -> tuple:
+    """The run with its data, and the named members' models (in ``--members`` order)."""
     directory = RunDir.open(args.run)
     run = directory.with_data(load_dataset(directory.data_source(args.data)))
     models = {name: load_keras_model(directory.model_path(name)) for name in args.members}
+    return run, models
+
+
+def main() -> None:
+    """Fit the probe on blend (+ copies) and write its val accuracies beside the members'."""
+    args = probe_arguments(__doc__.splitlines()[0])
+    run, models = open_members(args)
     blend = probabilities(run, models, "blend", seed=2)
     val = probabilities(run, models, "val", seed=1)
     features = np.concatenate([log_features(per_member) for per_member, _ in blend.values()])

@@ -20,21 +20,20 @@ and scores them on val (clean, shifted, zoomed; other seeds than blend's):
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from xgboost import XGBClassifier
 
-from benchmarks.member_robustness import SOURCE_SIZE, copies, resized
-from benchmarks.robust_combiner_probe import log_features
-from ensemble.artifacts import load_keras_model
-from ensemble.data import load_dataset
-from ensemble.features import member_outputs
+from benchmarks.member_robustness import SOURCE_SIZE, copies
+from benchmarks.robust_combiner_probe import (
+    log_features,
+    open_members,
+    probabilities,
+    probe_arguments,
+)
 from ensemble.fileio import atomic_write_json
-from ensemble.run import RunDir
 
 STATISTICS = (
     "mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "saturation", "hue_cos", "hue_sin",
@@ -85,28 +84,18 @@ def image_statistics(images: np.ndarray) -> np.ndarray:
 
 def outputs(run, models: dict, split: str, seed: int) -> dict[str, tuple]:
     """Per version (clean, shifted, zoomed): members' probabilities, image statistics, labels."""
-    images, labels = run.images(split, SOURCE_SIZE)
-    result = {}
-    for version, batch in copies(images, seed).items():
-        per_member = [
-            member_outputs(model, resized(batch, model.input_shape[1]))[0]
-            for model in models.values()
-        ]
-        result[version] = (per_member, image_statistics(batch), labels)
-    return result
+    images, _ = run.images(split, SOURCE_SIZE)
+    statistics = {version: image_statistics(b) for version, b in copies(images, seed).items()}
+    return {
+        version: (per_member, statistics[version], labels)
+        for version, (per_member, labels) in probabilities(run, models, split, seed).items()
+    }
 
 
 def main() -> None:
     """Fit the three combiners on blend (+ copies); write their val accuracies beside the members'."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True)
-    parser.add_argument("--data", type=Path, default=None)
-    parser.add_argument("--members", nargs="+", required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
-    directory = RunDir.open(args.run)
-    run = directory.with_data(load_dataset(directory.data_source(args.data)))
-    models = {name: load_keras_model(directory.model_path(name)) for name in args.members}
+    args = probe_arguments(__doc__.splitlines()[0])
+    run, models = open_members(args)
     blend = outputs(run, models, "blend", seed=2)
     val = outputs(run, models, "val", seed=1)
 
