@@ -29,14 +29,17 @@ from ensemble.run import RunDir
 def probabilities(run, models: dict, split: str, seed: int) -> dict[str, tuple[list, np.ndarray]]:
     """Each member's probabilities on the clean, shifted and zoomed versions of a split."""
     images, labels = run.images(split, SOURCE_SIZE)
-    result = {}
-    for version, batch in copies(images, seed).items():
-        per_member = [
-            member_outputs(model, resized(batch, model.input_shape[1]))[0]
-            for model in models.values()
-        ]
-        result[version] = (per_member, labels)
-    return result
+    return {
+        version: (members_probabilities(models, batch), labels)
+        for version, batch in copies(images, seed).items()
+    }
+
+
+def members_probabilities(models: dict, batch: np.ndarray) -> list[np.ndarray]:
+    """Each member's class probabilities on ``batch`` (resized to the member's input)."""
+    return [
+        member_outputs(model, resized(batch, model.input_shape[1]))[0] for model in models.values()
+    ]
 
 
 def log_features(per_member: list[np.ndarray]) -> np.ndarray:

@@ -29,8 +29,8 @@ from xgboost import XGBClassifier
 from benchmarks.member_robustness import SOURCE_SIZE, copies
 from benchmarks.robust_combiner_probe import (
     log_features,
+    members_probabilities,
     open_members,
-    probabilities,
     probe_arguments,
 )
 from ensemble.fileio import atomic_write_json
@@ -84,11 +84,10 @@ def image_statistics(images: np.ndarray) -> np.ndarray:
 
 def outputs(run, models: dict, split: str, seed: int) -> dict[str, tuple]:
     """Per version (clean, shifted, zoomed): members' probabilities, image statistics, labels."""
-    images, _ = run.images(split, SOURCE_SIZE)
-    statistics = {version: image_statistics(b) for version, b in copies(images, seed).items()}
+    images, labels = run.images(split, SOURCE_SIZE)
     return {
-        version: (per_member, statistics[version], labels)
-        for version, (per_member, labels) in probabilities(run, models, split, seed).items()
+        version: (members_probabilities(models, batch), image_statistics(batch), labels)
+        for version, batch in copies(images, seed).items()
     }
 
 
