@@ -24,8 +24,8 @@ def run_demo(out: Path, per_class: int = 50, pipeline: str | Path = "demo") -> d
             :func:`ensemble.recipes.resolve_pipeline`).
 
     Returns:
-        What it wrote: ``data``, ``run``, ``predictions``, ``report`` (``report.md``) and
-        ``metrics`` (the report's ``metrics.json``).
+        What it wrote: ``data``, ``run``, ``predictions``, ``report`` (``report.md``), ``page``
+        (``report.html``) and ``metrics`` (the report's ``metrics.json``).
     """
     from PIL import Image
 
@@ -65,6 +65,7 @@ def run_demo(out: Path, per_class: int = 50, pipeline: str | Path = "demo") -> d
         "run": run_dir,
         "predictions": out / "predictions.csv",
         "report": out / "report" / "report.md",
+        "page": out / "report" / "report.html",
         "metrics": out / "report" / "metrics.json",
     }
 
@@ -113,6 +114,7 @@ def summarize(metrics: dict, paths: dict[str, Path]) -> str:
         "run": "members and combiners: the --run of predict and report",
         "predictions": "predictions for incoming/, one broken file included",
         "report": "every member and combiner: metrics, tests, plots",
+        "page": "the same as one page for a browser, with the review gallery",
     }
     path_width = max(len(str(paths[what])) for what in described)
     for what, description in described.items():

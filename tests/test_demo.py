@@ -91,3 +91,4 @@ def test_demo_ends_with_a_short_summary(demo_output):
     accuracies = [float(row.split("(")[-2].split()[-1]) for row in rows]
     assert accuracies == sorted(accuracies, reverse=True)
     assert f"  report       {out / 'report' / 'report.md'}  " in stdout
+    assert f"  page         {out / 'report' / 'report.html'}  " in stdout
