@@ -21,6 +21,8 @@ def load_keras_model(path: Path):
     """
     import keras
 
+    import ensemble.distillation  # noqa: F401  registers a student's loss, so its checkpoint loads
+
     path = Path(path)
     if not path.is_file():
         raise RunError(f"model file not found: {path}")

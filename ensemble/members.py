@@ -94,12 +94,13 @@ class MemberOutcome:
 
 
 def dependencies(spec: MemberSpec, names: list[str]) -> list[str]:
-    """Members of the pipeline ``spec`` starts from: its one-vs-rest base, its ``init_from``."""
+    """Members of the pipeline ``spec`` needs: its one-vs-rest base, ``init_from``, teachers."""
     found = []
     if spec.kind == "ovr":
         found.append(spec.ovr.base_member)
     if spec.init_from and spec.init_from in names:
         found.append(spec.init_from)
+    found.extend(teacher for teacher in spec.distill.teachers if teacher not in found)
     return found
 
 
@@ -227,7 +228,8 @@ def _train_one(spec: MemberSpec, run: Run, names: list[str], *, force: bool, str
     train_images, train_labels = run.images("train", spec.input_size)
     val_images, val_labels = run.images("val", spec.input_size)
     n_classes = len(run.dataset.classes)
-    data = TrainingData(train_images, train_labels, val_images, val_labels, n_classes)
+    teachers = _teacher_probabilities(spec, run)
+    data = TrainingData(train_images, train_labels, val_images, val_labels, n_classes, teachers)
     return train_member(
         spec,
         data,
@@ -236,6 +238,38 @@ def _train_one(spec: MemberSpec, run: Run, names: list[str], *, force: bool, str
         strategy=strategy,
         init_weights=_init_weights(spec, run, names),
     )
+
+
+def _teacher_probabilities(spec: MemberSpec, run: Run):
+    """A student's teachers' tempered mean probabilities on the clean training images.
+
+    Returns ``None`` for a member without teachers, and for a finished member (nothing to
+    train). Raises ``RunError`` naming the teacher to train first when one is unfinished.
+    """
+    if not spec.distill.teachers or is_finished(run.member_dir(spec.name)):
+        return None
+    from ensemble.artifacts import load_keras_model
+    from ensemble.distillation import teacher_probabilities, temper
+
+    models, images = [], []
+    for teacher in spec.distill.teachers:
+        teacher_dir = run.member_dir(teacher)
+        if not is_finished(teacher_dir):
+            raise RunError(
+                f"member {spec.name!r} learns from teacher {teacher!r}, which has not finished "
+                f"training in {run.root}. Train it first: --only {teacher}"
+            )
+        teacher_spec = run.directory.member_spec(teacher)
+        models.append(load_keras_model(teacher_dir / "model.keras"))
+        images.append(run.images("train", teacher_spec.input_size)[0])
+    print(
+        f"{spec.name}: teachers {', '.join(spec.distill.teachers)} on "
+        f"{len(images[0])} clean training images"
+        + (" (8 dihedral views each)" if spec.distill.teacher_tta else ""),
+        file=sys.stderr,
+    )
+    probabilities = teacher_probabilities(models, images, tta=spec.distill.teacher_tta)
+    return temper(probabilities, spec.distill.temperature)
 
 
 def record_pipeline_members(run: Run, pipeline: PipelineSpec) -> None:

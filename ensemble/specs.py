@@ -106,6 +106,27 @@ class OvrSpec:
 
 
 @dataclass(frozen=True)
+class DistillSpec:
+    """Teacher–student training (:mod:`ensemble.distillation`); no teachers = plain training."""
+
+    teachers: tuple[str, ...] = ()  # earlier members of the pipeline (a name or a list) whose
+    #   mean probabilities on the clean image the student learns; [] = labels only
+    weight: float = 0.5  # share of the teachers' term in the loss (1 = teachers only)
+    temperature: float = 1.0  # softens teacher and student alike; the term is scaled by T²
+    teacher_tta: bool = False  # average each teacher over the 8 dihedral views of the image
+
+    def __post_init__(self) -> None:
+        teachers = (self.teachers,) if isinstance(self.teachers, str) else self.teachers
+        is_names = isinstance(teachers, list | tuple) and all(
+            isinstance(name, str) and name for name in teachers
+        )
+        require(is_names, "teachers", "a list of member names", teachers)
+        object.__setattr__(self, "teachers", tuple(teachers))
+        check_range(self, "weight", 0, 1)
+        check_range(self, "temperature", 0, low_open=True)
+
+
+@dataclass(frozen=True)
 class MemberSpec:
     """Everything needed to train one ensemble member; see ``members/*.toml``."""
 
@@ -129,6 +150,7 @@ class MemberSpec:
     finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
     early_stopping: EarlyStoppingSpec = field(default_factory=EarlyStoppingSpec)
     ovr: OvrSpec = field(default_factory=OvrSpec)
+    distill: DistillSpec = field(default_factory=DistillSpec)
 
     def __post_init__(self) -> None:
         check_choice(self, "kind", MEMBER_KINDS)
@@ -144,6 +166,12 @@ class MemberSpec:
         )
         if self.kind == "ovr":
             require(bool(self.ovr.base_member), "ovr.base_member", "a member name", "")
+        require(
+            not (self.distill.teachers and self.pretrained),
+            "weights",
+            "'none' for a student (distill.teachers set); start it with init_from instead",
+            self.weights,
+        )
         for key, low_open in (("num_cpus", True), ("num_gpus", False)):
             value = getattr(self, key)
             if value is not None:
@@ -183,6 +211,7 @@ _SECTIONS = {
     "finetune": FinetuneSpec,
     "early_stopping": EarlyStoppingSpec,
     "ovr": OvrSpec,
+    "distill": DistillSpec,
 }
 
 
@@ -247,6 +276,8 @@ def load_pipeline(path: Path | str) -> PipelineSpec:
         _resolve_init_from(member, spec_path, names[:position], path)
         for position, (member, spec_path) in enumerate(zip(members, spec_paths, strict=True))
     )
+    for position, member in enumerate(members):
+        _check_teachers(member, names[:position], path)
     fractions = check_fractions(table.get("fractions", DEFAULT_FRACTIONS))
     return PipelineSpec(
         name=str(table.get("name", path.stem)),
@@ -277,6 +308,17 @@ def _resolve_init_from(
         f"neither a member listed before it ({earlier}) nor a weights file ({candidate} not "
         "found). List the member it starts from earlier in the pipeline, or give a .keras file."
     )
+
+
+def _check_teachers(member: MemberSpec, earlier: list[str], pipeline_path: Path) -> None:
+    """A student's teachers must be CNN members listed before it in the pipeline."""
+    for teacher in member.distill.teachers:
+        if teacher not in earlier:
+            raise ConfigError(
+                f"{pipeline_path}: member {member.name!r} has distill.teachers entry "
+                f"{teacher!r}, which is not a member listed before it ({earlier}). List the "
+                "teacher earlier in the pipeline."
+            )
 
 
 def _find_member(pipeline_path: Path, entry: str) -> Path:

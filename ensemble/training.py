@@ -43,6 +43,8 @@ class TrainingData:
     val_images: np.ndarray  # (M, S, S, 3) uint8
     val_labels: np.ndarray  # (M,) int
     n_classes: int
+    teacher_probabilities: np.ndarray | None = None  # (N, K): a student's teachers on the clean
+    #   training images (ensemble.distillation), tempered; None = labels only
 
 
 def build_member_model(spec: MemberSpec, n_classes: int):
@@ -285,7 +287,19 @@ def _compile_for_epoch(model, spec: MemberSpec, epoch: int, n_train: int) -> Non
         else:
             rate = keras.optimizers.schedules.CosineDecay(schedule.learning_rate, total, alpha=0.01)
         optimizer = keras.optimizers.AdamW(rate, weight_decay=schedule.weight_decay)
-    loss = keras.losses.CategoricalCrossentropy(label_smoothing=spec.schedule.label_smoothing)
+    smoothing = spec.schedule.label_smoothing
+    if spec.distill.teachers:
+        from ensemble.distillation import DistillationLoss, accuracy_metric
+
+        loss = DistillationLoss(
+            model.output_shape[-1],
+            weight=spec.distill.weight,
+            temperature=spec.distill.temperature,
+            label_smoothing=smoothing,
+        )
+        model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy_metric()])
+        return
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
 
 
@@ -308,10 +322,16 @@ def _make_training_dataset(spec: MemberSpec, data: TrainingData):
     sample_weights = None
     if weights_table is not None:
         sample_weights = np.array([weights_table[int(c)] for c in data.train_labels], np.float32)
-    one_hot = np.eye(data.n_classes, dtype=np.float32)[data.train_labels]
+    targets = np.eye(data.n_classes, dtype=np.float32)[data.train_labels]
+    if spec.distill.teachers:
+        from ensemble.distillation import packed_targets
+
+        if data.teacher_probabilities is None:
+            raise ValueError(f"member {spec.name!r} is a student: pass its teachers' probabilities")
+        targets = packed_targets(targets, data.teacher_probabilities)
     return training_dataset(
         data.train_images,
-        one_hot,
+        targets,
         batch_size=spec.batch_size,
         augmentation=spec.augmentation,
         seed=spec.seed,
