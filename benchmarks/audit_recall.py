@@ -19,9 +19,9 @@ from pathlib import Path
 
 from contamination import KINDS, contaminate  # benchmarks/contamination.py, beside this script
 
-from ensemble.audit import run_audit
-from ensemble.data import load_dataset
-from ensemble.fileio import atomic_write_json, atomic_write_text
+from ensemble.core.fileio import atomic_write_json, atomic_write_text
+from ensemble.data.audit import run_audit
+from ensemble.data.sources import load_dataset
 
 DUPLICATE_KINDS = {"exact_duplicate", "near_duplicate", "label_conflict"}
 

@@ -4,7 +4,7 @@ Usage:
     python benchmarks/bootstrap_speed.py --images 1439 --classes 8 --out results/bootstrap-speed.md
 
 On seeded labels and predictions of the test split's size (about 97 % right), times
-:func:`ensemble.metrics.bootstrap_intervals` (one ``bincount`` over all resamples) against the
+:func:`ensemble.report.metrics.bootstrap_intervals` (one ``bincount`` over all resamples) against the
 reference loop of ``tests/test_metrics.py`` (one scikit-learn call per resample, as the report
 did before), 1,000 resamples each, best of ``--repeats``; checks that both give the same
 intervals, and writes a Markdown table.
@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the reference loop's tests/
 
-from ensemble.fileio import atomic_write_text  # noqa: E402
-from ensemble.metrics import bootstrap_intervals  # noqa: E402
+from ensemble.core.fileio import atomic_write_text  # noqa: E402
+from ensemble.report.metrics import bootstrap_intervals  # noqa: E402
 from tests.test_metrics import _loop_bootstrap  # noqa: E402
 
 
@@ -73,7 +73,7 @@ def main() -> None:
         "|---|---|---|",
         f"| loop: one scikit-learn call per resample (the report before) | {slow:.3f} | 1× |",
         f"| vectorised: one bincount for every resample "
-        f"(`ensemble.metrics.bootstrap_intervals`) | {fast:.4f} | {slow / fast:.0f}× |",
+        f"(`ensemble.report.metrics.bootstrap_intervals`) | {fast:.4f} | {slow / fast:.0f}× |",
         "",
         f"Same intervals (accuracy, balanced accuracy, macro-F1, to 1e-12): {same}.",
         "",

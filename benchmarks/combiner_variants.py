@@ -25,8 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ensemble.fileio import atomic_write_json, atomic_write_text
-from ensemble.run import RunDir
+from ensemble.core.fileio import atomic_write_json, atomic_write_text
+from ensemble.run.directory import RunDir
 
 COPIES = ("clean", "shifted", "zoomed")
 

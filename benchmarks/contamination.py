@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ensemble.data import load_dataset
+from ensemble.data.sources import load_dataset
 
 KINDS = (
     "unreadable",

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble.fileio import atomic_write_text
+from ensemble.core.fileio import atomic_write_text
 
 
 def train_once(args, seed: int, out: Path) -> dict:
@@ -52,10 +52,10 @@ def worker(args) -> None:
     import hashlib
     from dataclasses import replace
 
-    from ensemble.artifacts import load_keras_model
-    from ensemble.data import load_dataset
-    from ensemble.specs import load_member_spec
-    from ensemble.training import TrainingData, train_member
+    from ensemble.core.artifacts import load_keras_model
+    from ensemble.data.sources import load_dataset
+    from ensemble.members.specs import load_member_spec
+    from ensemble.members.training import TrainingData, train_member
 
     spec = load_member_spec(args.member)
     spec = replace(spec, seed=args.seed, schedule=replace(spec.schedule, epochs=args.epochs))

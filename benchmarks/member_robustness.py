@@ -2,8 +2,8 @@ r"""Accuracy of single members on one split of a run: clean, shifted copy, zoome
 
 The quick check behind results/recipe-ablation.md: how much clean accuracy a training recipe
 keeps and how much robustness it buys, member by member, before any combiner is fitted. The
-shifted copy is :func:`ensemble.shifts.shifted_copy` (one acquisition shift per image, seeded);
-the zoomed copy zooms every image (:data:`ensemble.shifts.ZOOM`). Both are made at 96 px, the
+shifted copy is :func:`ensemble.corrupt.shifts.shifted_copy` (one acquisition shift per image, seeded);
+the zoomed copy zooms every image (:data:`ensemble.corrupt.shifts.ZOOM`). Both are made at 96 px, the
 images' own size, and resized to each member's input size.
 
     python benchmarks/member_robustness.py --run runs/pbc-cpu --data ../shared/data/pbc96 \
@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble.artifacts import load_keras_model
-from ensemble.data import load_dataset
-from ensemble.features import member_outputs
-from ensemble.fileio import atomic_write_json
-from ensemble.images import crop_and_resize
-from ensemble.run import RunDir
-from ensemble.shifts import ZOOM, shifted_copy
+from ensemble.core.artifacts import load_keras_model
+from ensemble.core.fileio import atomic_write_json
+from ensemble.corrupt.shifts import ZOOM, shifted_copy
+from ensemble.data.images import crop_and_resize
+from ensemble.data.sources import load_dataset
+from ensemble.members.outputs import member_outputs
+from ensemble.run.directory import RunDir
 
 SOURCE_SIZE = 96
 

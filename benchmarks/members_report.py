@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ensemble.fileio import atomic_write_text
+from ensemble.core.fileio import atomic_write_text
 
 
 def main() -> None:

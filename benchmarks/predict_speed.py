@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/predict_speed.py --run runs/pbc-cpu --data ../shared/data/pbc96 --images 2000
 
-Both sides run in one process on the same real images: (a) :func:`ensemble.predict.predict_folder`
+Both sides run in one process on the same real images: (a) :func:`ensemble.serve.predict.predict_folder`
 on a folder of JPEG files, with the given combiner (decoding, resizing, one forward pass per
 member for probabilities and pooled features, temperature scaling, the combiner, the CSV rows);
 (b) each member's ``model.predict`` on the same images already decoded in memory as float32.
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble.artifacts import load_keras_model
-from ensemble.data import load_dataset
-from ensemble.fileio import atomic_write_text
-from ensemble.fitted import FittedEnsemble
-from ensemble.predict import predict_folder
+from ensemble.core.artifacts import load_keras_model
+from ensemble.core.fileio import atomic_write_text
+from ensemble.data.sources import load_dataset
+from ensemble.serve.fitted import FittedEnsemble
+from ensemble.serve.predict import predict_folder
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import re
 import statistics
 from pathlib import Path
 
-from ensemble.fileio import atomic_write_text
+from ensemble.core.fileio import atomic_write_text
 
 
 def table(rows: dict, split: str) -> list[str]:

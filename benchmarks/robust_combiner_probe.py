@@ -19,11 +19,11 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 from benchmarks.member_robustness import SOURCE_SIZE, copies, resized
-from ensemble.artifacts import load_keras_model
-from ensemble.data import load_dataset
-from ensemble.features import member_outputs
-from ensemble.fileio import atomic_write_json
-from ensemble.run import RunDir
+from ensemble.core.artifacts import load_keras_model
+from ensemble.core.fileio import atomic_write_json
+from ensemble.data.sources import load_dataset
+from ensemble.members.outputs import member_outputs
+from ensemble.run.directory import RunDir
 
 
 def probabilities(run, models: dict, split: str, seed: int) -> dict[str, tuple[list, np.ndarray]]:

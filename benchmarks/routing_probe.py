@@ -33,7 +33,7 @@ from benchmarks.robust_combiner_probe import (
     open_members,
     probe_arguments,
 )
-from ensemble.fileio import atomic_write_json
+from ensemble.core.fileio import atomic_write_json
 
 STATISTICS = (
     "mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "saturation", "hue_cos", "hue_sin",

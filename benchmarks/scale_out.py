@@ -37,12 +37,12 @@ def main() -> None:
 
     import ray
 
-    from ensemble.data import load_dataset
-    from ensemble.members import train_pipeline_members
-    from ensemble.ray_training import summary, train_members_on_ray
+    from ensemble.data.sources import load_dataset
+    from ensemble.data.synthetic import write_folder
+    from ensemble.members.specs import load_pipeline
     from ensemble.recipes import resolve_pipeline
-    from ensemble.specs import load_pipeline
-    from ensemble.synthetic import write_folder
+    from ensemble.run.ray_train import summary, train_members_on_ray
+    from ensemble.run.train import train_pipeline_members
 
     pipeline = load_pipeline(resolve_pipeline(args.pipeline))
     results = {"pipeline": pipeline.name, "members": [m.name for m in pipeline.members]}

@@ -2,17 +2,17 @@
 
     python benchmarks/scale_out_predict.py --images 10000 100000 --work /tmp/scale-out-predict
 
-Images: synthetic cells (:mod:`ensemble.synthetic`, 48 px PNG, every one drawn afresh), written
+Images: synthetic cells (:mod:`ensemble.data.synthetic`, 48 px PNG, every one drawn afresh), written
 once under ``--work`` (default: a temporary folder) in subfolders of 1,000; the folder of N images is hard links to the first
 N, so the variants and later invocations read the same files. The run: ``--run``, or the tiny
 ``ci`` pipeline trained and fitted once into ``--work``.
 
 Each variant runs in a fresh process (this script with ``--child``), on the code path of
-``ensemble predict`` — :func:`ensemble.predict.prepare_prediction`, then
-:func:`ensemble.predict.iter_prediction_rows` (plain) or
-:func:`ensemble.ray_predict.iter_prediction_rows_on_ray` on a cluster it starts with
+``ensemble predict`` — :func:`ensemble.serve.predict.prepare_prediction`, then
+:func:`ensemble.serve.predict.iter_prediction_rows` (plain) or
+:func:`ensemble.serve.ray_predict.iter_prediction_rows_on_ray` on a cluster it starts with
 ``ray.init(num_cpus=--cluster-cpus)`` (ray), streamed by
-:func:`ensemble.prediction_files.write_rows` into a CSV. Recorded per variant: the seconds from
+:func:`ensemble.serve.prediction_files.write_rows` into a CSV. Recorded per variant: the seconds from
 the first file to the last row written (Ray: including the actors' start and model loading),
 images/s, the whole process's wall time, and resident memory sampled every 0.2 s over the
 process tree: the predict process (the driver), the largest Ray worker, and all processes
@@ -110,7 +110,7 @@ def _ci_run(work: Path) -> Path:
     run = work / "ci-run"
     if (run / "combiners" / "selection.json").is_file():
         return run
-    from ensemble.synthetic import write_folder
+    from ensemble.data.synthetic import write_folder
 
     data = write_folder(work / "ci-data", per_class=12, size=48)
     for command in (
@@ -126,7 +126,7 @@ def _write_images(root: Path, count: int) -> None:
     import numpy as np
     from PIL import Image
 
-    from ensemble.synthetic import CLASSES, make_image
+    from ensemble.data.synthetic import CLASSES, make_image
 
     for number in range(count):
         path = _image_path(root, number)
@@ -209,7 +209,7 @@ def _measure(args, variant: str, folder: Path, run: Path, out: Path) -> dict:
 
 def _child(args: argparse.Namespace) -> None:
     """One variant, in this process: the code path of ``ensemble predict [--ray]``."""
-    from ensemble.console import quiet_console
+    from ensemble.core.console import quiet_console
 
     quiet_console()
     began = time.perf_counter()
@@ -219,13 +219,13 @@ def _child(args: argparse.Namespace) -> None:
 
         ray.init(num_cpus=args.cluster_cpus, include_dashboard=False, log_to_driver=False)
         started = time.perf_counter() - began
-    from ensemble.predict import iter_prediction_rows, prepare_prediction
-    from ensemble.prediction_files import write_rows
+    from ensemble.serve.predict import iter_prediction_rows, prepare_prediction
+    from ensemble.serve.prediction_files import write_rows
 
     job = prepare_prediction(args.folder, args.run, batch_size=args.batch_size)
     loaded = time.perf_counter() - began
     if args.child == "ray":
-        from ensemble.ray_predict import iter_prediction_rows_on_ray
+        from ensemble.serve.ray_predict import iter_prediction_rows_on_ray
 
         rows = iter_prediction_rows_on_ray(job, num_cpus=args.num_cpus)
     else:

@@ -4,7 +4,7 @@ Usage:
     python benchmarks/train_speed.py --data ../shared/data/pbc96 --member members/cpu/mobilenetv2.toml
 
 Both train the same member model on the same real images in one process, one after the other:
-(a) through :func:`ensemble.training.train_member` (tf.data pipeline with the member's on-the-fly
+(a) through :func:`ensemble.members.training.train_member` (tf.data pipeline with the member's on-the-fly
 augmentation, class weights, per-epoch validation and atomic checkpoints) and (b) with
 ``model.fit`` on in-memory float32 tensors (no augmentation, no checkpoints). The first epoch of
 each (graph tracing) is left out; the rest are averaged. Writes results/train-speed.md.
@@ -21,10 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble.data import load_dataset
-from ensemble.fileio import atomic_write_text
-from ensemble.specs import load_member_spec
-from ensemble.training import TrainingData, _compile_for_epoch, build_member_model, train_member
+from ensemble.core.fileio import atomic_write_text
+from ensemble.data.sources import load_dataset
+from ensemble.members.specs import load_member_spec
+from ensemble.members.training import (
+    TrainingData,
+    _compile_for_epoch,
+    build_member_model,
+    train_member,
+)
 
 
 def main() -> None:

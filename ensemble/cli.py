@@ -1,8 +1,8 @@
 """The ``ensemble`` command. Thin: parse options, call the library, print.
 
-Errors caused by input or configuration (:class:`ensemble.errors.EnsembleError`) are printed
+Errors caused by input or configuration (:class:`ensemble.core.errors.EnsembleError`) are printed
 as one line on stderr with exit code 2; ``--debug`` shows the traceback instead. TensorFlow's
-start-up lines and the libraries' warnings stay hidden (:mod:`ensemble.console`) unless
+start-up lines and the libraries' warnings stay hidden (:mod:`ensemble.core.console`) unless
 ``--verbose`` or ``--debug`` is given.
 """
 
@@ -18,8 +18,8 @@ from typing import Annotated
 import typer
 
 from ensemble import __version__
-from ensemble.console import quiet_console
-from ensemble.errors import EnsembleError
+from ensemble.core.console import quiet_console
+from ensemble.core.errors import EnsembleError
 from ensemble.recipes import builtin_pipelines
 
 app = typer.Typer(
@@ -58,7 +58,7 @@ PipelineOption = Annotated[
 
 
 class SplitName(StrEnum):
-    """A split of a run's data (see ensemble.split)."""
+    """A split of a run's data (see ensemble.data.split)."""
 
     test = "test"
     blend = "blend"
@@ -129,12 +129,12 @@ def audit(
     limit: Annotated[int, typer.Option(min=0, help="Findings shown per kind.")] = 5,
 ) -> None:
     """Find unreadable files, duplicates, label conflicts, non-cell images and colour casts."""
-    from ensemble.audit import AuditThresholds, run_audit
+    from ensemble.data.audit import AuditThresholds, run_audit
 
     thresholds = AuditThresholds(near_duplicate, colour_cast, non_cell)
     with tempfile.TemporaryDirectory() as scratch:
         if synthetic:
-            from ensemble.synthetic import write_folder
+            from ensemble.data.synthetic import write_folder
 
             data = write_folder(Path(scratch) / "synthetic", per_class=30, size=96)
             typer.echo(f"built-in synthetic data set: 240 images in {data}", err=True)
@@ -142,7 +142,7 @@ def audit(
         report = run_audit(dataset, thresholds)
         typer.echo(report.summary(limit))
         if json_out:
-            from ensemble.fileio import atomic_write_text
+            from ensemble.core.fileio import atomic_write_text
 
             atomic_write_text(json_out, report.to_json())
             typer.echo(f"report written to {json_out}")
@@ -188,8 +188,8 @@ def split(
     data_root: DataRootOption = None,
 ) -> None:
     """Make a leak-free stratified train/val/blend/test split (duplicate groups kept together)."""
-    from ensemble.audit import run_audit
-    from ensemble.split import SPLITS, check_fractions, make_split, save_split
+    from ensemble.data.audit import run_audit
+    from ensemble.data.split import SPLITS, check_fractions, make_split, save_split
 
     shares = check_fractions(dict(zip(SPLITS, _parse_fractions(fractions), strict=True)))
     dataset = _load(data, classes, data_root)
@@ -247,9 +247,9 @@ def train_members(
     ] = None,
 ) -> None:
     """Split the data (once, saved) and train each member; resumable after any interruption."""
-    from ensemble.members import train_pipeline_members
+    from ensemble.members.specs import load_pipeline
     from ensemble.recipes import resolve_pipeline
-    from ensemble.specs import load_pipeline
+    from ensemble.run.train import train_pipeline_members
 
     recipe = load_pipeline(resolve_pipeline(pipeline))
     dataset = _load(data, classes, data_root)
@@ -260,7 +260,7 @@ def train_members(
     if ray_address is not None:
         if strategy is not Strategy.default:
             raise typer.BadParameter("--strategy mirrored trains on one machine; drop --ray")
-        from ensemble.ray_training import summary, train_members_on_ray
+        from ensemble.run.ray_train import summary, train_members_on_ray
 
         ray_results = train_members_on_ray(
             recipe,
@@ -288,7 +288,7 @@ def train_members(
 
 
 class ConformalScore(StrEnum):
-    """Conformity score of the prediction sets (see ensemble.conformal)."""
+    """Conformity score of the prediction sets (see ensemble.refer.conformal)."""
 
     lac = "lac"
     aps = "aps"
@@ -296,7 +296,7 @@ class ConformalScore(StrEnum):
 
 
 class OodMethod(StrEnum):
-    """Out-of-distribution score (see ensemble.ood); ``none`` fits no detector."""
+    """Out-of-distribution score (see ensemble.refer.ood); ``none`` fits no detector."""
 
     mahalanobis = "mahalanobis"
     knn = "knn"
@@ -305,7 +305,7 @@ class OodMethod(StrEnum):
 
 
 class ReferRule(StrEnum):
-    """What ``abstain`` follows (see ensemble.referral)."""
+    """What ``abstain`` follows (see ensemble.refer.rule)."""
 
     conformal = "conformal"
     agreement = "agreement"
@@ -377,7 +377,7 @@ def fit_stacker(
     it) and the conformal prediction sets calibrated on the other, clean half; the OOD detector
     is fitted on val and calibrated on blend.
     """
-    from ensemble.fitting import fit_combiners
+    from ensemble.combine.fitting import fit_combiners
 
     opened = _open_run(run, data, classes, data_root)
     selection = fit_combiners(
@@ -483,15 +483,15 @@ def predict(
     Exit code 0 when every file was predicted, 3 when some files could not be read (each has a
     row with the reason and a line on stderr), 2 for bad options or an unusable run.
     """
-    from ensemble.predict import Predictions, iter_prediction_rows, prepare_prediction
-    from ensemble.prediction_files import default_output, write_rows
+    from ensemble.serve.predict import Predictions, iter_prediction_rows, prepare_prediction
+    from ensemble.serve.prediction_files import default_output, write_rows
 
     if batch_size < 1:
         raise typer.BadParameter(f"--batch-size must be >= 1. Received: {batch_size}")
     if ray_address is None and num_cpus is not None:
         raise typer.BadParameter("--num-cpus applies with --ray only")
     if ray_address is not None:
-        from ensemble.ray_training import require_ray
+        from ensemble.run.ray_train import require_ray
 
         require_ray()  # before anything is loaded
     job = prepare_prediction(
@@ -506,7 +506,7 @@ def predict(
         refer=refer.value if refer else None,
     )
     if ray_address is not None:
-        from ensemble.ray_predict import iter_prediction_rows_on_ray
+        from ensemble.serve.ray_predict import iter_prediction_rows_on_ray
 
         rows = iter_prediction_rows_on_ray(job, address=ray_address, num_cpus=num_cpus)
     else:
@@ -570,8 +570,8 @@ def report(
     Metrics with intervals, McNemar's tests, clean vs shifted and zoomed copies, plots, and a
     review gallery of the images the best combiner got wrong or would refer (in report.html).
     """
-    from ensemble.report import report_on_dataset, report_on_split
-    from ensemble.run import RunDir
+    from ensemble.report.build import report_on_dataset, report_on_split
+    from ensemble.run.directory import RunDir
 
     directory = RunDir.open(run)
     dataset = _load(directory.data_source(data), classes, data_root)
@@ -597,8 +597,8 @@ def report(
 
 
 def _write_review_page(result, folder: Path, run: Path, html: Path) -> None:
-    from ensemble.gallery import write_review_page
-    from ensemble.run import RunDir
+    from ensemble.run.directory import RunDir
+    from ensemble.serve.gallery import write_review_page
 
     classes = getattr(result, "classes", None) or RunDir.open(run).classes
     cards = write_review_page(
@@ -614,8 +614,8 @@ def _write_review_page(result, folder: Path, run: Path, html: Path) -> None:
 
 
 def _warn_if_seen_in_training(run: Path, dataset) -> None:
-    from ensemble.run import RunDir
-    from ensemble.split import trained_on_hashes
+    from ensemble.data.split import trained_on_hashes
+    from ensemble.run.directory import RunDir
 
     seen = trained_on_hashes(RunDir.open(run).split_path)
     overlap = [record.id for record in dataset.records if record.content_hash in seen]
@@ -628,7 +628,7 @@ def _warn_if_seen_in_training(run: Path, dataset) -> None:
 
 
 def _open_run(run: Path, data: Path | None, classes: str | None, data_root: Path | None):
-    from ensemble.run import RunDir
+    from ensemble.run.directory import RunDir
 
     directory = RunDir.open(run)
     return directory.with_data(_load(directory.data_source(data), classes, data_root))
@@ -648,7 +648,7 @@ def _parse_fractions(text: str) -> list[float]:
 
 
 def _load(data: Path | None, classes: str | None, data_root: Path | None):
-    from ensemble.data import load_dataset
+    from ensemble.data.sources import load_dataset
 
     if data is None:
         raise typer.BadParameter("give a DATA folder, .npz or .csv (or --synthetic where offered)")

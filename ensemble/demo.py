@@ -29,16 +29,16 @@ def run_demo(out: Path, per_class: int = 50, pipeline: str | Path = "demo") -> d
     """
     from PIL import Image
 
-    from ensemble.data import load_dataset
-    from ensemble.fitting import fit_combiners
-    from ensemble.members import train_pipeline_members
-    from ensemble.predict import predict_folder, write_predictions
-    from ensemble.progress import stage
+    from ensemble.combine.fitting import fit_combiners
+    from ensemble.core.progress import stage
+    from ensemble.data.sources import load_dataset
+    from ensemble.data.synthetic import make_arrays, write_folder
+    from ensemble.members.specs import load_pipeline
     from ensemble.recipes import resolve_pipeline
-    from ensemble.report import report_on_split
-    from ensemble.run import open_run
-    from ensemble.specs import load_pipeline
-    from ensemble.synthetic import make_arrays, write_folder
+    from ensemble.report.build import report_on_split
+    from ensemble.run.directory import open_run
+    from ensemble.run.train import train_pipeline_members
+    from ensemble.serve.predict import predict_folder, write_predictions
 
     out = Path(out)
     recipe = load_pipeline(resolve_pipeline(pipeline))

@@ -35,7 +35,7 @@ def real_data() -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_folder(tmp_path_factory) -> Path:
-    from ensemble.synthetic import write_folder
+    from ensemble.data.synthetic import write_folder
 
     return write_folder(tmp_path_factory.mktemp("synthetic") / "cells", per_class=12, size=48)
 

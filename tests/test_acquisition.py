@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 
 from ensemble import acquisition
-from ensemble.acquisition import CORRUPTIONS, corrupt
-from ensemble.errors import ConfigError
-from ensemble.inputs import AugmentationConfig, training_dataset
-from ensemble.synthetic import make_arrays
+from ensemble.core.errors import ConfigError
+from ensemble.corrupt.acquisition import CORRUPTIONS, corrupt
+from ensemble.data.synthetic import make_arrays
+from ensemble.members.inputs import AugmentationConfig, training_dataset
 
 SEED = np.array([5, 6])
 ONE_CORRUPTION = {

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ensemble.errors import RunError
+from ensemble.core.errors import RunError
 from tests.conftest import REPO, run_cli
 
 
@@ -24,7 +24,7 @@ def test_import_ensemble_stays_light_and_exports_ensemble():
         "import sys, ensemble\n"
         "assert 'numpy' not in sys.modules and 'tensorflow' not in sys.modules\n"
         "from ensemble import Ensemble\n"
-        "assert Ensemble.__module__ == 'ensemble.api' and 'Ensemble' in ensemble.__all__\n"
+        "assert Ensemble.__module__ == 'ensemble.serve.api' and 'Ensemble' in ensemble.__all__\n"
         "try:\n    ensemble.Nothing\nexcept AttributeError as error:\n    print(error)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
@@ -108,7 +108,7 @@ def test_calibration_file_refuses_other_members(fitted_ci_run, tmp_path, artifac
     """A calibration file from other members is refused by its own hashes, not only by the
     selection's record of the file (which a copied-in file would also fail)."""
     from ensemble import Ensemble
-    from ensemble.images import file_sha256
+    from ensemble.data.images import file_sha256
 
     run = tmp_path / "run"
     shutil.copytree(fitted_ci_run, run)
@@ -159,8 +159,8 @@ def test_run_fitted_before_prediction_sets_still_predicts(
 def test_ood_ranks_noise_and_solid_colours_above_clean_cells(fitted_ci_run, synthetic_folder):
     """On the trained tiny run: pictures that are not cells score above every clean val cell."""
     from ensemble import Ensemble
-    from ensemble.data import load_dataset
-    from ensemble.features import cached_member_outputs
+    from ensemble.data.sources import load_dataset
+    from ensemble.members.outputs import cached_member_outputs
 
     ens = Ensemble.load(fitted_ci_run)
     fitted = ens.fitted_

@@ -1,7 +1,7 @@
 import pytest
 
-from ensemble.artifacts import load_keras_model
-from ensemble.errors import RunError
+from ensemble.core.artifacts import load_keras_model
+from ensemble.core.errors import RunError
 
 
 def test_lambda_layer_refused(tmp_path):

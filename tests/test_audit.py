@@ -3,9 +3,9 @@ import json
 import pytest
 
 from benchmarks.contamination import KINDS, contaminate
-from ensemble.audit import AuditThresholds, run_audit
-from ensemble.data import load_dataset
-from ensemble.errors import ConfigError
+from ensemble.core.errors import ConfigError
+from ensemble.data.audit import AuditThresholds, run_audit
+from ensemble.data.sources import load_dataset
 from tests.conftest import run_cli
 
 # Injected kinds that a finding of another kind also covers: a byte copy of an image whose

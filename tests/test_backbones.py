@@ -1,14 +1,14 @@
 import numpy as np
 import pytest
 
-from ensemble.backbones import (
+from ensemble.core.errors import ConfigError
+from ensemble.members.backbones import (
     POOLED_FEATURES,
     available_backbones,
     build_backbone,
     get_backbone,
     register,
 )
-from ensemble.errors import ConfigError
 
 FEATURES = {
     "resnet50": 2048,

@@ -92,7 +92,7 @@ def test_report_page_loads_offline_and_filters_the_gallery_by_confusion_cell(
 def test_review_page_downloads_the_corrections_as_training_data(
     fitted_ci_run, synthetic_folder, tmp_path, capsys, browser
 ):
-    from ensemble.data import load_dataset
+    from ensemble.data.sources import load_dataset
 
     folder = tmp_path / "incoming"
     (folder / "ward 3").mkdir(parents=True)

@@ -11,13 +11,7 @@ import time
 
 import pytest
 
-from ensemble.claims import (
-    LOCK_TIMEOUT,
-    claim_path,
-    is_stale,
-    read_claim,
-    try_claim,
-)
+from ensemble.run.claims import LOCK_TIMEOUT, claim_path, is_stale, read_claim, try_claim
 from tests.conftest import REPO
 
 
@@ -110,9 +104,9 @@ def test_only_one_of_many_processes_wins(tmp_path):
 
 @pytest.fixture
 def ci_run(synthetic_folder, tmp_path):
-    from ensemble.data import load_dataset
-    from ensemble.run import create_or_open_run
-    from ensemble.specs import load_pipeline
+    from ensemble.data.sources import load_dataset
+    from ensemble.members.specs import load_pipeline
+    from ensemble.run.directory import create_or_open_run
 
     pipeline = load_pipeline(REPO / "pipelines/ci.toml")
     run = create_or_open_run(tmp_path / "run", load_dataset(synthetic_folder), pipeline)
@@ -121,7 +115,7 @@ def ci_run(synthetic_folder, tmp_path):
 
 def _fake_training(calls, lock):
     def train(spec, run, names, *, force, strategy):
-        from ensemble.training import is_finished
+        from ensemble.members.training import is_finished
 
         member_dir = run.member_dir(spec.name)
         if spec.kind == "ovr":  # its base must be finished before it starts
@@ -204,7 +198,7 @@ def test_stale_claim_is_taken_over(ci_run, monkeypatch, capsys):
 
 def test_missing_dependency_still_fails_in_one_line(ci_run, capsys):
     from ensemble import members
-    from ensemble.errors import RunError
+    from ensemble.core.errors import RunError
 
     run, pipeline = ci_run
     with pytest.raises(RunError, match="needs member 'tiny-a' trained first"):
@@ -233,8 +227,8 @@ def test_two_train_members_processes_at_once(synthetic_folder, tmp_path, ci_run)
 
 
 def test_opening_a_run_removes_stale_temporaries(ci_run):
-    from ensemble.fileio import TEMPORARY_MARK
-    from ensemble.run import RunDir
+    from ensemble.core.fileio import TEMPORARY_MARK
+    from ensemble.run.directory import RunDir
 
     run, _ = ci_run
     member = run.member_dir("tiny-a")

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-import ensemble.prediction_files
+import ensemble.serve.prediction_files
 from ensemble import __version__
 from tests.conftest import run_cli
 
@@ -35,7 +35,7 @@ def test_disk_full_while_writing_predictions(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     # The disk fills up while the rows stream into the temporary file.
-    monkeypatch.setattr(ensemble.prediction_files, "write_csv", full_disk)
+    monkeypatch.setattr(ensemble.serve.prediction_files, "write_csv", full_disk)
     code, _, err = run_cli(
         ["predict", synthetic_folder / "platelet", "--run", fitted_ci_run, "--out", out], capsys
     )

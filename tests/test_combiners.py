@@ -1,21 +1,18 @@
 import numpy as np
 import pytest
 
-from ensemble.combiners import (
-    Combiner,
+from ensemble.combine.base import Combiner, VotingCombiner, log_loss, register
+from ensemble.combine.registry import registered_combiners
+from ensemble.combine.stacker import Settings, Stacker, tie_break
+from ensemble.combine.temperature import TemperatureScaling
+from ensemble.combine.voting import (
     GreedySelection,
     HardVote,
     SoftVote,
-    TemperatureScaling,
-    VotingCombiner,
     WeightedSoftVote,
     combiner_from_json,
-    log_loss,
-    register,
-    registered_combiners,
 )
-from ensemble.errors import ConfigError, EnsembleError, NotFittedError
-from ensemble.stacker import Settings, Stacker, tie_break
+from ensemble.core.errors import ConfigError, EnsembleError, NotFittedError
 
 
 def stack(*members):

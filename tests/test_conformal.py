@@ -5,7 +5,8 @@ import warnings
 import numpy as np
 import pytest
 
-from ensemble.conformal import (
+from ensemble.core.errors import ConfigError, EnsembleError, RunError
+from ensemble.refer.conformal import (
     DEFAULT_ALPHA,
     ConformalClassifier,
     NotFittedError,
@@ -18,7 +19,6 @@ from ensemble.conformal import (
     referral_summary,
     set_sizes,
 )
-from ensemble.errors import ConfigError, EnsembleError, RunError
 
 # Five classes of very different difficulty: class 0 is rarely given much probability, class 4
 # usually is. With probabilities drawn from a Dirichlet and labels drawn from the probabilities
@@ -258,7 +258,9 @@ def test_mondrian_class_without_calibration_images_uses_the_marginal_threshold()
     assert thresholds[1] == ConformalClassifier("aps").fit(p_cal, y_cal).thresholds(0.1)[1]
 
 
-@pytest.mark.filterwarnings("ignore::ensemble.conformal.SmallCalibrationWarning")  # alpha 0.02
+@pytest.mark.filterwarnings(
+    "ignore::ensemble.refer.conformal.SmallCalibrationWarning"
+)  # alpha 0.02
 @pytest.mark.parametrize("mondrian", [False, True])
 @pytest.mark.parametrize("config", CONFIGS, ids=ids)
 def test_json_round_trip_gives_identical_sets(tmp_path, config, mondrian):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ensemble.console import quiet_console, silenced_stderr
+from ensemble.core.console import quiet_console, silenced_stderr
 
 #: Lines TensorFlow writes while it starts: absl's notice, glog-style C++ lines
 #: (``I0000 00:00:1795867508.448990    6457 port.cc:153] oneDNN …``), the instruction-set
@@ -56,7 +56,7 @@ def test_importing_tensorflow_after_quiet_console_prints_nothing():
     loud = run_python("import tensorflow")
     assert loud.returncode == 0 and tensorflow_lines(loud.stderr)  # what a user sees otherwise
     quiet = run_python(
-        "from ensemble.console import quiet_console\n"
+        "from ensemble.core.console import quiet_console\n"
         "quiet_console()\n"
         "import tensorflow as tf\n"
         "print(tf.constant(2).numpy())"

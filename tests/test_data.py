@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ensemble.data import load_dataset
-from ensemble.errors import DataError
+from ensemble.core.errors import DataError
+from ensemble.data.sources import load_dataset
 from tests.conftest import run_cli
 
 

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from ensemble.distillation import DistillationLoss, packed_targets, temper
-from ensemble.errors import ConfigError
-from ensemble.specs import load_pipeline, member_spec_from_dict
-from ensemble.training import TrainingData, train_member
+from ensemble.core.errors import ConfigError
+from ensemble.members.distillation import DistillationLoss, packed_targets, temper
+from ensemble.members.specs import load_pipeline, member_spec_from_dict
+from ensemble.members.training import TrainingData, train_member
 from tests.test_staged_training import STAGE_2, TINY
 
 STUDENT = STAGE_2 | {
@@ -85,9 +85,7 @@ def test_one_teacher_may_be_given_as_a_name():
 
 
 def test_a_teacher_must_come_earlier_in_the_pipeline(tmp_path):
-    (tmp_path / "student.toml").write_text(
-        'name = "student"\n[distill]\nteachers = ["later"]\n'
-    )
+    (tmp_path / "student.toml").write_text('name = "student"\n[distill]\nteachers = ["later"]\n')
     (tmp_path / "later.toml").write_text('name = "later"\n')
     (tmp_path / "p.toml").write_text('members = ["student.toml", "later.toml"]\n')
     with pytest.raises(ConfigError, match="distill.teachers entry 'later', which is not a member"):
@@ -95,7 +93,7 @@ def test_a_teacher_must_come_earlier_in_the_pipeline(tmp_path):
 
 
 def test_a_student_trains_from_its_teachers_probabilities_and_resumes(tmp_path):
-    from ensemble.synthetic import make_arrays
+    from ensemble.data.synthetic import make_arrays
 
     images, labels, _ = make_arrays(per_class=4, size=32, seed=0)
     val_images, val_labels, _ = make_arrays(per_class=2, size=32, seed=1)
@@ -112,7 +110,7 @@ def test_a_student_trains_from_its_teachers_probabilities_and_resumes(tmp_path):
 
 
 def test_a_student_without_teacher_probabilities_is_a_clear_error(tmp_path):
-    from ensemble.synthetic import make_arrays
+    from ensemble.data.synthetic import make_arrays
 
     images, labels, _ = make_arrays(per_class=2, size=32, seed=0)
     data = TrainingData(images, labels, images, labels, 8)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from ensemble.fileio import (
+from ensemble.core.fileio import (
     TEMPORARY_MARK,
     atomic_write_json,
     atomic_write_with,

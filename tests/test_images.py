@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ensemble.images import MAX_PIXELS, UnreadableImage, decode_image
+from ensemble.data.images import MAX_PIXELS, UnreadableImage, decode_image
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:
@@ -100,7 +100,7 @@ def test_huge_image_refused_without_allocating():
 
 
 def test_huge_jpeg_is_downsampled_in_draft_mode(monkeypatch):
-    import ensemble.images as images
+    import ensemble.data.images as images
 
     monkeypatch.setattr(images, "MAX_PIXELS", 100 * 100)
     data = encode(Image.fromarray(np.tile(gradient(), (10, 10, 1))), "JPEG")  # 400×300

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from ensemble.errors import ConfigError
-from ensemble.inputs import (
+from ensemble.core.errors import ConfigError
+from ensemble.members.inputs import (
     AugmentationConfig,
     class_weights,
     dihedral_views,

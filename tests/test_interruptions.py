@@ -79,8 +79,8 @@ def test_fit_stacker_killed_mid_write_is_never_half_read(fitted_ci_run, syntheti
 
 
 def test_train_members_killed_mid_save_resumes_and_predicts(synthetic_folder, tmp_path):
-    from ensemble.artifacts import load_keras_model
-    from ensemble.data import load_dataset
+    from ensemble.core.artifacts import load_keras_model
+    from ensemble.data.sources import load_dataset
 
     run = tmp_path / "run"
     command = ci_command(synthetic_folder, run)[3:]  # drop "python -m ensemble"

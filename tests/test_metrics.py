@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_score
 
-from ensemble.metrics import (
+from ensemble.report.metrics import (
     INTERVAL_METHODS,
     bootstrap_intervals,
     calibration,

@@ -6,9 +6,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
-from ensemble.conformal import NotFittedError
-from ensemble.errors import ConfigError, RunError
-from ensemble.ood import NotCalibratedError, OodDetector
+from ensemble.core.errors import ConfigError, RunError
+from ensemble.refer.conformal import NotFittedError
+from ensemble.refer.ood import NotCalibratedError, OodDetector
 
 HASHES = {"member_a": "a" * 64, "member_b": "b" * 64}
 LATENT, WIDTH, CLASSES = 8, 64, 4

@@ -1,7 +1,7 @@
 import numpy as np
 
-from ensemble.ovr import fit_heads, fit_thresholds
-from ensemble.specs import member_spec_from_dict
+from ensemble.members.ovr import fit_heads, fit_thresholds
+from ensemble.members.specs import member_spec_from_dict
 
 
 def test_heads_learn_separable_classes():

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ensemble.errors import NotFittedError, RunError
-from ensemble.fitted import FittedEnsemble
-from ensemble.stacker import Stacker
+from ensemble.combine.stacker import Stacker
+from ensemble.core.errors import NotFittedError, RunError
+from ensemble.serve.fitted import FittedEnsemble
 from tests.conftest import run_cli
 
 
@@ -195,9 +195,9 @@ def test_tta_predicts(fitted_ci_run, synthetic_folder, tmp_path, capsys):
 
 
 def test_feature_cache_reused_and_invalidated(fitted_ci_run, synthetic_folder, tmp_path):
-    from ensemble.data import load_dataset
-    from ensemble.features import cached_member_outputs
-    from ensemble.run import open_run
+    from ensemble.data.sources import load_dataset
+    from ensemble.members.outputs import cached_member_outputs
+    from ensemble.run.directory import open_run
 
     run_dir = tmp_path / "run"
     shutil.copytree(fitted_ci_run, run_dir)
@@ -220,11 +220,13 @@ def test_feature_cache_reused_and_invalidated(fitted_ci_run, synthetic_folder, t
 def test_fitted_ensemble_loads_once_and_predicts_like_the_command(
     fitted_ci_run, synthetic_folder, tmp_path, capsys, monkeypatch
 ):
-    import ensemble.fitted
+    import ensemble.serve.fitted
 
     hashed = []
-    real_hash = ensemble.run.file_sha256
-    monkeypatch.setattr(ensemble.run, "file_sha256", lambda p: hashed.append(p) or real_hash(p))
+    real_hash = ensemble.run.directory.file_sha256
+    monkeypatch.setattr(
+        ensemble.run.directory, "file_sha256", lambda p: hashed.append(p) or real_hash(p)
+    )
     fitted = FittedEnsemble.load(fitted_ci_run, "soft")
     assert len(hashed) == 3  # each member model hashed once per load
     assert fitted.members == ["tiny-a", "tiny-b", "tiny-ovr"] and len(fitted.classes) == 8
@@ -249,7 +251,7 @@ def test_fitted_ensemble_loads_once_and_predicts_like_the_command(
 
 
 def test_every_combiner_of_the_registry_is_loaded(fitted_ci_run):
-    from ensemble.combiners import registered_combiners
+    from ensemble.combine.registry import registered_combiners
 
     fitted = FittedEnsemble.load(fitted_ci_run)
     assert list(fitted.combiners) == list(registered_combiners())
@@ -264,7 +266,7 @@ def test_not_fitted_error_is_reported_as_a_bug(
     fitted_ci_run, synthetic_folder, capsys, monkeypatch
 ):
     """A programming error surfaces with its traceback, not as a one-line input error (exit 2)."""
-    from ensemble.combiners import SoftVote
+    from ensemble.combine.voting import SoftVote
 
     def broken(self, stack):
         raise NotFittedError("SoftVote")

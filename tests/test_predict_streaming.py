@@ -7,8 +7,8 @@ import tracemalloc
 
 import pytest
 
-from ensemble.predict import Predictions, predict_folder, prediction_columns
-from ensemble.prediction_files import write_rows
+from ensemble.serve.predict import Predictions, predict_folder, prediction_columns
+from ensemble.serve.prediction_files import write_rows
 from tests.conftest import run_cli
 
 CLASSES = ["basophil", "platelet"]

@@ -3,7 +3,7 @@
 import re
 import shutil
 
-from ensemble.specs import load_pipeline
+from ensemble.members.specs import load_pipeline
 from tests.conftest import REPO, run_cli_captured
 
 

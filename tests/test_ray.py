@@ -33,14 +33,14 @@ def cluster():
 
 @pytest.fixture
 def ci(synthetic_folder):
-    from ensemble.data import load_dataset
-    from ensemble.specs import load_pipeline
+    from ensemble.data.sources import load_dataset
+    from ensemble.members.specs import load_pipeline
 
     return load_pipeline(REPO / "pipelines/ci.toml"), load_dataset(synthetic_folder)
 
 
 def _weights(path):
-    from ensemble.artifacts import load_keras_model
+    from ensemble.core.artifacts import load_keras_model
 
     return load_keras_model(path).get_weights()
 
@@ -48,8 +48,8 @@ def _weights(path):
 def test_without_ray_the_option_says_how_to_install(monkeypatch):
     import builtins
 
-    from ensemble.errors import ConfigError
-    from ensemble.ray_training import require_ray
+    from ensemble.core.errors import ConfigError
+    from ensemble.run.ray_train import require_ray
 
     real_import = builtins.__import__
 
@@ -66,7 +66,7 @@ def test_without_ray_the_option_says_how_to_install(monkeypatch):
 def test_member_resources_spec_then_command_line():
     from types import SimpleNamespace
 
-    from ensemble.ray_training import member_resources
+    from ensemble.run.ray_train import member_resources
 
     plain = SimpleNamespace(name="a")
     assert member_resources(plain, None, None) == (1.0, 0.0)
@@ -76,8 +76,8 @@ def test_member_resources_spec_then_command_line():
 
 
 def test_member_larger_than_any_node_is_refused(cluster, ci, tmp_path):
-    from ensemble.errors import ConfigError
-    from ensemble.ray_training import train_members_on_ray
+    from ensemble.core.errors import ConfigError
+    from ensemble.run.ray_train import train_members_on_ray
 
     pipeline, dataset = ci
     with pytest.raises(ConfigError, match="largest node of the cluster has 2 CPUs"):
@@ -98,7 +98,7 @@ def test_parallel_training_equals_sequential(cluster, ci, synthetic_folder, tmp_
     import subprocess
     import sys
 
-    from ensemble.ray_training import summary, train_members_on_ray
+    from ensemble.run.ray_train import summary, train_members_on_ray
 
     pipeline, dataset = ci
     run = tmp_path / "run"
@@ -138,9 +138,9 @@ def test_parallel_training_equals_sequential(cluster, ci, synthetic_folder, tmp_
 
 @pytest.mark.large
 def test_member_claimed_by_another_driver_is_not_trained_twice(cluster, ci, trained_ci, tmp_path):
-    from ensemble.claims import try_claim
-    from ensemble.ray_training import train_members_on_ray
-    from ensemble.run import create_or_open_run
+    from ensemble.run.claims import try_claim
+    from ensemble.run.directory import create_or_open_run
+    from ensemble.run.ray_train import train_members_on_ray
 
     pipeline, dataset = ci
     run = create_or_open_run(tmp_path / "run", dataset, pipeline)
@@ -169,8 +169,8 @@ def test_member_claimed_by_another_driver_is_not_trained_twice(cluster, ci, trai
 @pytest.mark.large
 def test_killed_task_is_retried_from_its_checkpoint(cluster, ci, tmp_path):
     """SIGKILL the worker once an epoch is saved: Ray reruns the task, which resumes."""
-    from ensemble.claims import read_claim
-    from ensemble.ray_training import train_members_on_ray
+    from ensemble.run.claims import read_claim
+    from ensemble.run.ray_train import train_members_on_ray
 
     pipeline, dataset = ci
     run = tmp_path / "run"

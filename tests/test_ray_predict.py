@@ -40,8 +40,8 @@ def _assert_same_rows(local: list[dict], remote: list[dict]) -> None:
 def test_ray_rows_equal_local_rows_error_rows_and_order_included(
     cluster, fitted_ci_run, messy_folder, capsys
 ):
-    from ensemble.predict import iter_prediction_rows, prepare_prediction
-    from ensemble.ray_predict import iter_prediction_rows_on_ray
+    from ensemble.serve.predict import iter_prediction_rows, prepare_prediction
+    from ensemble.serve.ray_predict import iter_prediction_rows_on_ray
 
     job = prepare_prediction(messy_folder, fitted_ci_run)
     local = list(iter_prediction_rows(job))
@@ -95,9 +95,9 @@ def test_a_user_error_inside_an_actor_reaches_the_driver_as_itself(
     cluster, fitted_ci_run, messy_folder
 ):
     """E.g. a node that does not see the run: raised as the actor's error, not a Ray traceback."""
-    from ensemble.errors import ConfigError
-    from ensemble.predict import prepare_prediction
-    from ensemble.ray_predict import iter_prediction_rows_on_ray
+    from ensemble.core.errors import ConfigError
+    from ensemble.serve.predict import prepare_prediction
+    from ensemble.serve.ray_predict import iter_prediction_rows_on_ray
 
     job = prepare_prediction(messy_folder, fitted_ci_run)
     job.fitted.combiner = "no-such-combiner"  # what each actor loads

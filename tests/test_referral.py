@@ -5,13 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from ensemble.fitting import halve_blend
-from ensemble.referral import (
-    agreement_referral,
-    conformal_referral,
-    referral_metrics,
-    render_section,
-)
+from ensemble.combine.fitting import halve_blend
+from ensemble.refer.rule import agreement_referral, conformal_referral
+from ensemble.report.referral import referral_metrics, render_section
 
 
 def test_conformal_rule_accepts_only_a_set_of_exactly_the_prediction():
@@ -138,9 +134,9 @@ def test_section_says_plainly_when_shifted_coverage_is_below_target():
 
 def test_referral_metrics_on_the_ci_run(fitted_ci_run, synthetic_folder):
     """From member outputs already computed (the cached blend outputs stand in for a report's)."""
-    from ensemble.data import load_dataset
-    from ensemble.features import cached_member_outputs
-    from ensemble.fitted import FittedEnsemble
+    from ensemble.data.sources import load_dataset
+    from ensemble.members.outputs import cached_member_outputs
+    from ensemble.serve.fitted import FittedEnsemble
 
     fitted = FittedEnsemble.load(fitted_ci_run)
     run = fitted.run.with_data(load_dataset(synthetic_folder))
@@ -195,7 +191,7 @@ def test_report_on_the_ci_run_has_the_referral_section(
 
 @pytest.mark.parametrize("alpha", [0.2, 0.5])
 def test_decide_sets_match_predict_sets(fitted_ci_run, synthetic_folder, alpha):
-    from ensemble.fitted import FittedEnsemble
+    from ensemble.serve.fitted import FittedEnsemble
 
     fitted = FittedEnsemble.load(fitted_ci_run)
     paths = sorted((synthetic_folder / "monocyte").iterdir())[:4]

@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from ensemble.shifts import SHIFTS
-from ensemble.synthetic import write_folder
+from ensemble.corrupt.shifts import SHIFTS
+from ensemble.data.synthetic import write_folder
 from tests.conftest import run_cli, run_cli_captured
 
 
@@ -87,7 +87,7 @@ def test_report_warns_when_images_were_trained_on(
 
 
 def test_report_is_rendered_from_metrics_json_alone(fitted_ci_run, synthetic_folder, tmp_path):
-    from ensemble.report_render import render_markdown
+    from ensemble.report.markdown import render_markdown
 
     run = tmp_path / "run"
     shutil.copytree(fitted_ci_run, run)
@@ -112,7 +112,7 @@ def test_report_is_rendered_from_metrics_json_alone(fitted_ci_run, synthetic_fol
 
 
 def test_verdict_names_the_winner_only_when_significant():
-    from ensemble.report_render import verdict
+    from ensemble.report.markdown import verdict
 
     won = verdict("hard voting", "stacking", {"first_only": 13, "second_only": 3, "p_value": 0.02})
     assert won.startswith("**Hard voting wins** (13 images right only by hard voting, 3 only")

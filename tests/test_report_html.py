@@ -9,10 +9,10 @@ import shutil
 import numpy as np
 import pytest
 
-from ensemble.gallery import GALLERY_LIMIT, prediction_cards, report_cards, thumbnail_jpeg
-from ensemble.leaderboard import COLUMNS, leaderboard
-from ensemble.report_html import read_thumbnails, render_html
-from ensemble.shifts import SHIFTS
+from ensemble.corrupt.shifts import SHIFTS
+from ensemble.report.html import read_thumbnails, render_html
+from ensemble.report.leaderboard import COLUMNS, leaderboard
+from ensemble.serve.gallery import GALLERY_LIMIT, prediction_cards, report_cards, thumbnail_jpeg
 from tests.conftest import run_cli_captured
 
 CLASSES = ["a", "b", "c"]
@@ -56,7 +56,7 @@ def test_report_writes_every_file_with_zoomed_copy_and_tests_per_copy(ci_report)
 
 
 def test_accuracy_interval_is_wilson_and_others_bootstrap(ci_report):
-    from ensemble.metrics import wilson_interval
+    from ensemble.report.metrics import wilson_interval
 
     _, metrics, _ = ci_report
     assert metrics["interval_methods"]["accuracy"].startswith("Wilson")
@@ -206,8 +206,8 @@ class _CalibratedRun:
     ],
 )
 def test_gallery_refers_by_the_runs_rule(rule, referred):
-    from ensemble.combiners import MemberOutputs
-    from ensemble.report import gallery_referral
+    from ensemble.combine.base import MemberOutputs
+    from ensemble.report.build import gallery_referral
 
     probabilities = np.array([[0.8, 0.1, 0.1], [0.45, 0.4, 0.15], [0.9, 0.05, 0.05]])
     member = np.array([[0.9, 0.05, 0.05]] * 3)
@@ -252,7 +252,7 @@ def test_prediction_cards_referred_first_then_rising_confidence(as_text):
 
 def test_report_html_of_a_1439_image_test_split_stays_small(tmp_path):
     """A gallery at its limit of real-looking cells keeps the page well under 5 MB."""
-    from ensemble.synthetic import make_arrays
+    from ensemble.data.synthetic import make_arrays
 
     images, _, classes = make_arrays(per_class=50, size=96, seed=3)
     thumbnails = {f"gallery/{i:05d}.jpg": thumbnail_jpeg(images[i]) for i in range(GALLERY_LIMIT)}

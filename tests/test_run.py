@@ -5,9 +5,9 @@ import json
 import pytest
 
 from ensemble import FORMAT_VERSION
-from ensemble.errors import RunError
-from ensemble.run import RunDir
-from ensemble.specs import member_spec_from_dict
+from ensemble.core.errors import RunError
+from ensemble.members.specs import member_spec_from_dict
+from ensemble.run.directory import RunDir
 
 
 def make_run(root, members, data_source="/nowhere", specs=None):

@@ -6,10 +6,10 @@ import shutil
 import numpy as np
 import pytest
 
-from ensemble.combiners import Blend, MemberOutputs
-from ensemble.fitted import FittedEnsemble
-from ensemble.run import RunDir
-from ensemble.shifted_blend import with_copies
+from ensemble.combine.base import Blend, MemberOutputs
+from ensemble.combine.shifted_blend import with_copies
+from ensemble.run.directory import RunDir
+from ensemble.serve.fitted import FittedEnsemble
 from tests.conftest import run_cli
 
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from ensemble.shifts import SHIFTS, shift_image, shifted_copy
-from ensemble.synthetic import make_arrays
+from ensemble.corrupt.shifts import SHIFTS, shift_image, shifted_copy
+from ensemble.data.synthetic import make_arrays
 
 
 def test_shifted_copy_is_deterministic_and_changes_images():

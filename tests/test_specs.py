@@ -1,7 +1,7 @@
 import pytest
 
-from ensemble.errors import ConfigError
-from ensemble.specs import load_member_spec, load_pipeline, member_spec_from_dict
+from ensemble.core.errors import ConfigError
+from ensemble.members.specs import load_member_spec, load_pipeline, member_spec_from_dict
 from tests.conftest import REPO
 
 BAD_SPECS = [

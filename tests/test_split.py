@@ -4,10 +4,10 @@ import shutil
 import numpy as np
 import pytest
 
-from ensemble.audit import run_audit
-from ensemble.data import load_dataset
-from ensemble.errors import ConfigError, RunError
-from ensemble.split import SPLITS, check_fractions, load_split, make_split, save_split
+from ensemble.core.errors import ConfigError, RunError
+from ensemble.data.audit import run_audit
+from ensemble.data.sources import load_dataset
+from ensemble.data.split import SPLITS, check_fractions, load_split, make_split, save_split
 from tests.conftest import run_cli
 
 

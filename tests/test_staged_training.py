@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from ensemble.errors import ConfigError
-from ensemble.specs import member_spec_from_dict
-from ensemble.synthetic import make_arrays
-from ensemble.training import TrainingData, build_member_model, train_member
+from ensemble.core.errors import ConfigError
+from ensemble.data.synthetic import make_arrays
+from ensemble.members.specs import member_spec_from_dict
+from ensemble.members.training import TrainingData, build_member_model, train_member
 from tests.test_training import TINY as TRAINING_TINY
 
 TINY = TRAINING_TINY | {
@@ -52,7 +52,7 @@ def _sha256(path):
 def test_copy_weights_starts_from_every_weight_of_the_source(stage_one):
     import keras
 
-    from ensemble.training import _copy_weights
+    from ensemble.members.training import _copy_weights
 
     spec = member_spec_from_dict(STAGE_2)
     model = build_member_model(spec, 8)

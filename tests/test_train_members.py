@@ -69,9 +69,9 @@ def test_only_unknown_member_one_line(synthetic_folder, tmp_path, capsys):
 def test_changed_data_refused(synthetic_folder, tmp_path, capsys):
     import shutil
 
-    from ensemble.data import load_dataset
-    from ensemble.run import create_or_open_run
-    from ensemble.specs import load_pipeline
+    from ensemble.data.sources import load_dataset
+    from ensemble.members.specs import load_pipeline
+    from ensemble.run.directory import create_or_open_run
 
     run = tmp_path / "run"
     create_or_open_run(
@@ -130,7 +130,7 @@ def test_sigkill_then_resume(synthetic_folder, tmp_path):
 def test_interrupted_save_leaves_previous_file(tmp_path, monkeypatch):
     import keras
 
-    from ensemble.fileio import save_model_atomically
+    from ensemble.core.fileio import save_model_atomically
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     target = tmp_path / "model.keras"

@@ -3,11 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from ensemble.artifacts import load_keras_model
-from ensemble.errors import RunError
-from ensemble.specs import member_spec_from_dict
-from ensemble.synthetic import make_arrays
-from ensemble.training import TrainingData, build_member_model, is_finished, train_member
+from ensemble.core.artifacts import load_keras_model
+from ensemble.core.errors import RunError
+from ensemble.data.synthetic import make_arrays
+from ensemble.members.specs import member_spec_from_dict
+from ensemble.members.training import TrainingData, build_member_model, is_finished, train_member
 
 TINY = {
     "name": "tiny",
@@ -66,8 +66,8 @@ def test_member_model_round_trips_in_safe_mode(tmp_path):
     """A member saved and loaded back gives the in-memory model's outputs and pooled features."""
     import keras
 
-    from ensemble.backbones import POOLED_FEATURES
-    from ensemble.features import feature_model
+    from ensemble.members.backbones import POOLED_FEATURES
+    from ensemble.members.outputs import feature_model
 
     keras.utils.set_random_seed(0)
     model = build_member_model(member_spec_from_dict(TINY), 8)
@@ -138,7 +138,7 @@ def test_pretrained_two_phases_freeze_then_unfreeze(data, tmp_path):
     """A local weights file stands in for ImageNet: phase 1 keeps the backbone fixed."""
     import keras
 
-    from ensemble.backbones import build_backbone
+    from ensemble.members.backbones import build_backbone
 
     backbone = build_backbone("mobilenetv3small", 32)
     network = next(layer for layer in backbone.layers if isinstance(layer, keras.Model))

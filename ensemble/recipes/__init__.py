@@ -5,7 +5,7 @@ ships the same files as package data of this package, as ``ensemble/recipes/pipe
 ``ensemble/recipes/members/`` (``package-dir`` in ``pyproject.toml`` maps the two folders
 there), so ``--pipeline demo`` works after ``pip install .`` as well as in a source checkout,
 where (with an editable install) the files are read in place. Either way the two folders are
-siblings, so a pipeline finds its member specs as in :func:`ensemble.specs.load_pipeline`.
+siblings, so a pipeline finds its member specs as in :func:`ensemble.members.specs.load_pipeline`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from functools import cache
 from importlib.resources import as_file, files
 from pathlib import Path
 
-from ensemble.errors import ConfigError
+from ensemble.core.errors import ConfigError
 
 _extracted = ExitStack()  # keeps extracted copies (a zipped install) until the process ends
 atexit.register(_extracted.close)

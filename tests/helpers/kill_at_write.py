@@ -3,7 +3,7 @@
 Usage: ``python kill_at_write.py FILE_NAME [COUNT] -- ensemble arguments...``
 
 Every artifact is written to a temporary file and renamed over its final name
-(:func:`ensemble.fileio.atomic_write_with`); killing the process just before the COUNT-th such
+(:func:`ensemble.core.fileio.atomic_write_with`); killing the process just before the COUNT-th such
 rename of ``FILE_NAME`` is the worst moment for it to die: the content is complete on disk
 under another name and nothing has been renamed yet.
 """

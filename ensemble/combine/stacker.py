@@ -1,0 +1,252 @@
+"""The stacker: an XGBoost multi-class model on the members' concatenated pooled features.
+
+It is fitted only on the ``blend`` split: no image that trained a member (``train``) or
+early-stopped it (``val``) may train the stacker, otherwise the features it learns from would be
+over-confident copies of what the members memorised, and its test score would be optimistic.
+:meth:`Stacker.fit` checks this against the run's split and refuses otherwise.
+
+Dimensionality (PCA components on the standardised features) and regularisation (tree depth,
+L2) are chosen by stratified cross-validation inside ``blend``. Saved as XGBoost's own JSON
+model, the PCA as ``.npy`` (loaded without pickle) and a JSON sidecar with the feature layout,
+classes and the members' model hashes. Registered as the ``stack`` combiner
+(:mod:`ensemble.combine.base`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from ensemble.combine.base import Blend, Combiner, MemberOutputs, blend_folds, register
+from ensemble.core.errors import ConfigError, NotFittedError, RunError
+from ensemble.core.fileio import atomic_write_bytes, atomic_write_json
+
+#: Candidate settings searched by cross-validation inside ``blend``.
+COMPONENTS = (32, 96)  # PCA dimensions of the concatenated features
+DEPTHS = (2, 4)  # XGBoost max_depth
+L2 = (1.0, 10.0)  # XGBoost reg_lambda
+
+
+class Settings(NamedTuple):
+    """One point of the cross-validated grid."""
+
+    components: int  # PCA dimensions (capped by the features and the blend size)
+    max_depth: int  # XGBoost tree depth
+    l2: float  # XGBoost L2 regularisation (reg_lambda)
+
+
+def tie_break(settings: Settings) -> tuple[float, int, int]:
+    """Order among settings with equal cross-validated accuracy: the first wins.
+
+    Weaker L2, then fewer components, then shallower trees — the order earlier versions used,
+    kept so that refitting a run chooses the same settings.
+    """
+    return (settings.l2, settings.components, settings.max_depth)
+
+
+@register
+@dataclass
+class Stacker(Combiner):
+    """XGBoost on pooled features (optionally plus member probabilities).
+
+    Args:
+        members: member names, in the order their features are concatenated.
+        with_probabilities: also feed the members' probabilities to the stacker.
+        seed: seeds the cross-validation folds and XGBoost.
+    """
+
+    name = "stack"
+
+    members: list[str]
+    with_probabilities: bool = True
+    seed: int = 0
+
+    def fit(
+        self,
+        features: list[np.ndarray],
+        probabilities: list[np.ndarray],
+        labels: np.ndarray,
+        ids: list[str],
+        split_of: dict[str, str],
+    ) -> Stacker:
+        """Choose settings by cross-validation inside ``blend``, then fit on all of ``blend``.
+
+        Raises:
+            RunError: an id is not in the ``blend`` split (it trained or early-stopped a member).
+        """
+        leaked = [image_id for image_id in ids if split_of.get(image_id) != "blend"]
+        if leaked:
+            raise RunError(
+                f"the stacker may only be fitted on the blend split; {len(leaked)} images are "
+                f"from another split (e.g. {leaked[0]} in {split_of.get(leaked[0])!r}). Images "
+                "that trained or early-stopped a member would leak into the stacker."
+            )
+        if len(features) != len(self.members):
+            raise ConfigError(f"{len(features)} feature arrays for {len(self.members)} members")
+        matrix = self._matrix(features, probabilities)
+        self.mean_ = matrix.mean(axis=0)
+        self.scale_ = matrix.std(axis=0) + 1e-6
+        standard = (matrix - self.mean_) / self.scale_
+        self.n_classes_ = int(labels.max()) + 1
+        self.cv_scores_: dict[Settings, float] = {}
+        for components, depth, l2 in product(COMPONENTS, DEPTHS, L2):
+            point = Settings(min(components, standard.shape[1], len(labels) // 2), depth, l2)
+            if point not in self.cv_scores_:  # capped components can repeat a point
+                self.cv_scores_[point] = self._cross_validate(standard, labels, *point)
+        best = min(self.cv_scores_, key=lambda point: (-self.cv_scores_[point], tie_break(point)))
+        self.settings_ = best._asdict()
+        self.components_ = _pca(standard, best.components)
+        self.model_ = self._fit_model(
+            standard @ self.components_.T, labels, depth=best.max_depth, l2=best.l2
+        )
+        return self
+
+    def predict_proba(
+        self, features: list[np.ndarray], probabilities: list[np.ndarray]
+    ) -> np.ndarray:
+        """Class probabilities ``(N, K)``."""
+        import xgboost
+
+        if not hasattr(self, "model_"):
+            raise NotFittedError("Stacker")
+        matrix = (self._matrix(features, probabilities) - self.mean_) / self.scale_
+        return self.model_.predict(xgboost.DMatrix(matrix @ self.components_.T))
+
+    # The Combiner interface: the stacker reads features and raw member probabilities.
+
+    @classmethod
+    def create(cls, members: list[str], seed: int) -> Stacker:
+        """An unfitted stacker on ``members``' features and probabilities."""
+        return cls(members, with_probabilities=True, seed=seed)
+
+    def fit_blend(self, blend: Blend) -> Stacker:
+        """Fit on the blend split (its ids go through the leakage guard)."""
+        outputs = blend.outputs
+        return self.fit(
+            list(outputs.features),
+            list(outputs.probabilities),
+            blend.labels,
+            blend.ids,
+            blend.split_of,
+        )
+
+    def combine(self, outputs: MemberOutputs) -> np.ndarray:
+        """Class probabilities from the members' features and (raw) probabilities."""
+        return self.predict_proba(list(outputs.features), list(outputs.probabilities))
+
+    def cross_validated_accuracy(self, blend: Blend) -> float:
+        """The best grid point's accuracy, from the cross-validation :meth:`fit` ran."""
+        if not hasattr(self, "cv_scores_"):
+            raise NotFittedError("Stacker")
+        return max(self.cv_scores_.values())
+
+    @classmethod
+    def files(cls) -> tuple[str, ...]:
+        """The XGBoost model, the standardisation and PCA, and the JSON sidecar."""
+        return ("stacker.ubj", "stacker_pca.npy", "stacker.json")
+
+    def save(self, folder: Path, *, member_hashes: dict[str, str], classes: list[str]) -> None:
+        """Write ``stacker.ubj`` (XGBoost), ``stacker_pca.npy`` and ``stacker.json``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(folder / "stacker.ubj", bytes(self.model_.save_raw("ubj")))
+        buffer = io.BytesIO()
+        np.save(buffer, np.stack([self.mean_, self.scale_]).astype(np.float64))
+        np.save(buffer, self.components_.astype(np.float64))
+        atomic_write_bytes(folder / "stacker_pca.npy", buffer.getvalue())
+        atomic_write_json(
+            folder / "stacker.json",
+            {
+                "members": self.members,
+                "member_model_sha256": member_hashes,
+                "classes": classes,
+                "with_probabilities": self.with_probabilities,
+                "feature_layout": "standardised [features of each member, then probabilities of "
+                "each member], projected on PCA components",
+                "settings": self.settings_,
+                "cv_grid": [
+                    point._asdict() | {"cv_accuracy": score}
+                    for point, score in self.cv_scores_.items()
+                ],
+                "seed": self.seed,
+            },
+        )
+
+    @classmethod
+    def load(cls, folder: Path, *, member_hashes: dict[str, str]) -> Stacker:
+        """Load a saved stacker; refuse one fitted on other members (hash mismatch).
+
+        Raises:
+            RunError: the stacker's recorded member hashes differ from ``member_hashes``.
+        """
+        import xgboost
+
+        folder = Path(folder)
+        sidecar = json.loads((folder / "stacker.json").read_text())
+        if sidecar["member_model_sha256"] != member_hashes:
+            differing = sorted(
+                name
+                for name in set(sidecar["member_model_sha256"]) | set(member_hashes)
+                if sidecar["member_model_sha256"].get(name) != member_hashes.get(name)
+            )
+            raise RunError(
+                f"the stacker in {folder} was fitted on other members (changed: {differing}). "
+                "Run fit-stacker again."
+            )
+        stacker = cls(sidecar["members"], sidecar["with_probabilities"], sidecar["seed"])
+        with open(folder / "stacker_pca.npy", "rb") as stream:
+            stacker.mean_, stacker.scale_ = np.load(stream, allow_pickle=False)
+            stacker.components_ = np.load(stream, allow_pickle=False)
+        booster = xgboost.Booster()
+        booster.load_model(bytearray((folder / "stacker.ubj").read_bytes()))
+        stacker.model_ = booster
+        stacker.settings_ = sidecar["settings"]
+        stacker.cv_scores_ = {  # absent from files written before the grid was saved as a list
+            Settings(row["components"], row["max_depth"], row["l2"]): row["cv_accuracy"]
+            for row in sidecar.get("cv_grid", [])
+        }
+        return stacker
+
+    def _matrix(self, features: list[np.ndarray], probabilities: list[np.ndarray]) -> np.ndarray:
+        parts = list(features) + (list(probabilities) if self.with_probabilities else [])
+        return np.concatenate([np.asarray(p, dtype=np.float64) for p in parts], axis=1)
+
+    def _cross_validate(self, standard, labels, components, depth, l2) -> float:
+        correct = 0
+        for fit_rows, held_rows in blend_folds(labels, self.seed):
+            basis = _pca(standard[fit_rows], components)
+            model = self._fit_model(standard[fit_rows] @ basis.T, labels[fit_rows], depth, l2)
+            import xgboost
+
+            predicted = model.predict(xgboost.DMatrix(standard[held_rows] @ basis.T)).argmax(1)
+            correct += int((predicted == labels[held_rows]).sum())
+        return round(correct / len(labels), 6)
+
+    def _fit_model(self, matrix, labels, depth, l2):
+        import xgboost
+
+        params = {
+            "objective": "multi:softprob",
+            "num_class": self.n_classes_,
+            "max_depth": depth,
+            "eta": 0.1,
+            "subsample": 0.8,
+            "colsample_bytree": 0.8,
+            "lambda": l2,
+            "seed": self.seed,
+            "nthread": 2,
+        }
+        return xgboost.train(params, xgboost.DMatrix(matrix, label=labels), num_boost_round=150)
+
+
+def _pca(matrix: np.ndarray, components: int) -> np.ndarray:
+    """Top principal directions ``(components, F)`` of an already-centred matrix."""
+    centred = matrix - matrix.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return vt[:components]

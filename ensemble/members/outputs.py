@@ -1,0 +1,118 @@
+"""One forward pass per member gives both its class probabilities and its pooled features.
+
+:func:`cached_member_outputs` keeps them per member and split in the run directory
+(``features/<member>/<split>.npz`` plus a JSON key; ``<split>-tta.npz`` for the outputs averaged
+over the 8 dihedral views), and recomputes them whenever the member's model file or the split
+changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import numpy as np
+
+from ensemble.core.artifacts import load_keras_model
+from ensemble.core.fileio import atomic_write_bytes, atomic_write_json
+from ensemble.data.images import file_sha256
+from ensemble.members.backbones import POOLED_FEATURES
+
+
+def feature_model(model):
+    """A model returning ``[probabilities, pooled_features]`` from one pass through ``model``."""
+    import keras
+
+    return keras.Model(model.input, [model.output, model.get_layer(POOLED_FEATURES).output])
+
+
+def member_outputs(
+    model, images: np.ndarray, batch_size: int = 256, tta: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities ``(N, K)`` and pooled features ``(N, F)`` of ``images`` (uint8).
+
+    For a one-vs-rest member the "probabilities" are its per-class scores normalised to sum
+    to one, so it can take part in averaging like any member. With ``tta``, both are averaged
+    over the 8 dihedral views of each image (test-time augmentation).
+    """
+    from ensemble.members.inputs import inference_dataset
+
+    both = feature_model(model)
+    probabilities, features = average_over_views(
+        lambda view: both.predict(inference_dataset(view, batch_size), verbose=0), images, tta
+    )
+    return probabilities.astype(np.float32), features.astype(np.float32)
+
+
+def average_over_views(forward, images: np.ndarray, tta: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One member's ``forward(images) → (outputs, pooled features)``, over the dihedral views.
+
+    Args:
+        forward: runs the member on a batch; returns its outputs and pooled features.
+        images: ``(N, S, S, 3)`` images.
+        tta: average over the 8 dihedral views of each image instead of one pass.
+
+    Returns:
+        ``(probabilities, features)`` as float64: the mean outputs normalised to sum to one
+        per image, and the mean features.
+    """
+    from ensemble.members.inputs import dihedral_views
+
+    views = dihedral_views(images) if tta else [images]
+    outputs = features = 0.0
+    for view in views:
+        view_outputs, view_features = forward(view)
+        outputs = outputs + np.asarray(view_outputs, np.float64) / len(views)
+        features = features + np.asarray(view_features, np.float64) / len(views)
+    totals = outputs.sum(axis=1, keepdims=True)
+    return outputs / np.where(totals > 0, totals, 1.0), features
+
+
+def cached_member_outputs(
+    run, member: str, split_name: str, *, tta: bool = False, model_sha256: str | None = None
+) -> dict[str, np.ndarray]:
+    """Probabilities, features, ids and labels of one member on one split, cached in the run.
+
+    Args:
+        run: the run with its data (:class:`~ensemble.run.directory.Run`); pixels are decoded
+            only when the cache is cold.
+        member: member name.
+        split_name: ``"val"``, ``"blend"``, ...
+        tta: average over the 8 dihedral views (cached apart from the plain outputs).
+        model_sha256: the member's model hash when the caller has it already (saves a read).
+
+    Returns:
+        ``{"ids", "labels", "probabilities", "features"}`` in the split's id order.
+    """
+    directory = run.directory
+    model_path = directory.model_path(member)
+    ids = run.split.ids(split_name)
+    key = {
+        "member": member,
+        "model_sha256": model_sha256 or file_sha256(model_path),
+        "split": split_name,
+        "ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+    }
+    if tta:  # only then: the key of plain outputs stays as earlier versions wrote it
+        key["tta"] = True
+    folder = directory.features_dir(member)
+    stem = f"{split_name}-tta" if tta else split_name
+    data_path, key_path = folder / f"{stem}.npz", folder / f"{stem}.json"
+    if data_path.is_file() and key_path.is_file() and json.loads(key_path.read_text()) == key:
+        with np.load(data_path, allow_pickle=False) as cached:
+            return {name: cached[name] for name in cached.files}
+    model = load_keras_model(model_path)
+    images, labels = run.images(split_name, model.input_shape[1])
+    probabilities, features = member_outputs(model, images, tta=tta)
+    result = {
+        "ids": np.array(ids),
+        "labels": labels,
+        "probabilities": probabilities,
+        "features": features,
+    }
+    buffer = io.BytesIO()
+    np.savez(buffer, **result)
+    atomic_write_bytes(data_path, buffer.getvalue())
+    atomic_write_json(key_path, key)  # after the data: a key always describes a complete file
+    return result

@@ -1,0 +1,579 @@
+"""A fitted ensemble: a run's members, temperatures and combiners, loaded and verified once.
+
+:meth:`FittedEnsemble.load` is the one loader behind ``predict``, ``report`` and the Python API:
+it reads the selection fit-stacker wrote, hashes each member's model once and checks it and
+every combiner file against the selection, and loads the temperatures, every registered
+combiner through :mod:`ensemble.combine.base`' interface (no combiner is special-cased here), the
+conformal calibration of every combiner and member and the OOD detector — the last two verified
+against the same member hashes. Member models are loaded on first use, in Keras safe mode.
+Nothing is unpickled. The documented public API, :class:`ensemble.Ensemble`, wraps this class.
+
+Example:
+    >>> ensemble = FittedEnsemble.load("runs/pbc-cpu")  # doctest: +SKIP
+    >>> ensemble.predict(images)  # uint8 (N, H, W, 3), any size  # doctest: +SKIP
+    array([6, 0, 3, ...])
+    >>> ensemble.predict_sets(images, alpha=0.05)  # (N, K) bool  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ensemble.combine.base import Combiner, MemberOutputs
+from ensemble.combine.registry import registered_combiners
+from ensemble.combine.selection import TEMPERATURES, Selection
+from ensemble.combine.temperature import TemperatureScaling
+from ensemble.core.artifacts import load_keras_model
+from ensemble.core.errors import ConfigError, DataError, RunError
+from ensemble.data.images import UnreadableImage, crop_and_resize, decode_image, file_sha256
+from ensemble.members.outputs import average_over_views, feature_model
+from ensemble.refer.conformal import (
+    ConformalClassifier,
+    SmallCalibrationWarning,
+    check_rate,
+    minimum_calibration_size,
+)
+from ensemble.refer.ood import OodDetector
+from ensemble.refer.rule import REFER_RULES, agreement_referral, conformal_referral
+from ensemble.run.directory import RunDir
+
+#: Images as the ensemble accepts them: uint8 ``(N, H, W, 3)`` at any size, the same images
+#: already resized per input size (``{size: (N, size, size, 3)}``), or image file paths.
+Images = np.ndarray | Mapping[int, np.ndarray] | Sequence[Path | str]
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """What the ensemble says about N images: class, probabilities, set, OOD score, referral.
+
+    Attributes:
+        probabilities: ``(N, K)`` the combiner's class probabilities.
+        votes: ``(n_members, N)`` each member's predicted class.
+        sets: ``(N, K)`` prediction sets at ``alpha`` (``None`` if the run is not calibrated).
+        ood_scores: ``(N,)`` how unlike the clean images each image is (``None``: no detector).
+        out_of_distribution: ``(N,)`` OOD score above the calibrated threshold (or ``None``).
+        abstain: ``(N,)`` referred to a human, by the ``refer`` rule.
+        refer: ``"conformal"`` or ``"agreement"``: the rule ``abstain`` follows.
+        alpha: the miss rate of the sets (``None`` if not calibrated).
+    """
+
+    probabilities: np.ndarray
+    votes: np.ndarray
+    sets: np.ndarray | None
+    ood_scores: np.ndarray | None
+    out_of_distribution: np.ndarray | None
+    abstain: np.ndarray
+    refer: str
+    alpha: float | None
+
+    @property
+    def predictions(self) -> np.ndarray:
+        """Predicted class index per image (the argmax of :attr:`probabilities`)."""
+        return self.probabilities.argmax(axis=1)
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """The probability of the predicted class."""
+        return self.probabilities.max(axis=1)
+
+    @property
+    def agreement(self) -> np.ndarray:
+        """Share of members voting for the predicted class."""
+        return (self.votes == self.predictions[None, :]).mean(axis=0)
+
+
+class FittedEnsemble:
+    """A run's trained members and fitted combiners, ready to classify images.
+
+    Build it with :meth:`load`.
+
+    Attributes:
+        run: the run directory.
+        classes: class names, in probability-column order.
+        members: member names, in the order the combiners were fitted on.
+        combiner: the combiner (or member) that :meth:`predict_proba` uses by default.
+        default_combiner: the one fit-stacker chose on ``blend``.
+        fitted_with_tta: whether the combiners were fitted on test-time-augmented outputs.
+        fitted_on_shift_copies: how many seeded shifted copies of blend the combiners were
+            fitted on besides the clean images (``fit-stacker --shift-copies``).
+        temperatures: each member's temperature scaling.
+        combiners: every fitted combiner by name (registry order).
+        member_hashes: SHA-256 of each member's model, as verified at load.
+        calibration: what fit-stacker recorded about the referral (see
+            :class:`~ensemble.combine.selection.Selection`), or ``None`` for a run fitted before it.
+        conformal: the conformal calibration of every combiner and member, by name (empty when
+            the run is not calibrated).
+        ood: the OOD detector, or ``None``.
+    """
+
+    def __init__(
+        self,
+        run: RunDir,
+        selection: Selection,
+        temperatures: TemperatureScaling,
+        combiners: dict[str, Combiner],
+        member_hashes: dict[str, str],
+        combiner: str | None = None,
+        conformal: dict[str, ConformalClassifier] | None = None,
+        ood: OodDetector | None = None,
+    ) -> None:
+        self.run = run
+        self.classes = run.classes
+        self.members = list(selection.members)
+        self.default_combiner = selection.default_combiner
+        self.fitted_with_tta = selection.tta
+        self.fitted_on_shift_copies = selection.shift_copies
+        self.temperatures = temperatures
+        self.combiners = combiners
+        self.member_hashes = member_hashes
+        self.calibration = selection.calibration
+        self.conformal = conformal or {}
+        self.ood = ood
+        self.combiner = self._resolve(combiner or selection.default_combiner)
+        self._models: dict = {}
+        self._forward_models: dict = {}
+
+    @classmethod
+    def load(cls, run_dir: Path | str | RunDir, combiner: str | None = None) -> FittedEnsemble:
+        """Load a run's fitted ensemble, verifying every file against fit-stacker's record.
+
+        Args:
+            run_dir: a run directory with trained members and fitted combiners.
+            combiner: a combiner name, ``ovr`` (the first one-vs-rest member) or a member
+                name; ``None`` = the default chosen on ``blend`` by fit-stacker.
+
+        Returns:
+            The fitted ensemble.
+
+        Raises:
+            RunError: not a run, no fitted combiners, or a member model, combiner or
+                calibration file changed since fit-stacker (each message says what to run).
+            ConfigError: ``combiner`` is not one of the choices (listed in the message).
+        """
+        run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
+        selection = Selection.read(run)
+        hashes = run.model_hashes(selection.members)  # once per load
+        _check_unchanged(run, selection, hashes)
+        saved = json.loads((run.combiners_dir / TEMPERATURES).read_text())
+        temperatures = TemperatureScaling.from_temperatures(saved["temperatures"])
+        registry = registered_combiners()
+        unknown = [name for name in selection.combiners if name not in registry]
+        if unknown:
+            raise RunError(
+                f"run {run.root} was fitted with combiners {unknown} that this version does not "
+                "have. Run `ensemble fit-stacker` again."
+            )
+        combiners = {
+            name: registry[name].load(run.combiners_dir, member_hashes=hashes)
+            for name in selection.combiners
+        }
+        calibration = selection.calibration or {}
+        conformal = {
+            name: ConformalClassifier.load(run.combiners_dir / file, hashes)
+            for name, file in (calibration.get("conformal") or {}).get("models", {}).items()
+        }
+        ood = None
+        if calibration.get("ood"):
+            ood = OodDetector.load(run.combiners_dir / calibration["ood"]["file"], hashes)
+        return cls(run, selection, temperatures, combiners, hashes, combiner, conformal, ood)
+
+    # What can be asked for.
+
+    def choices(self) -> list[str]:
+        """Every valid ``combiner``: the combiners, the members, and ``ovr`` if there is one."""
+        ovr = ["ovr"] if self._ovr_members() else []
+        return [*self.combiners, *self.members, *ovr]
+
+    def input_size(self, member: str) -> int:
+        """Input side in pixels of a member."""
+        return self.run.input_size(member)
+
+    def model(self, member: str):  # -> keras.Model (keras is imported lazily)
+        """A member's Keras model, loaded in safe mode on first use."""
+        if member not in self._models:
+            self._models[member] = load_keras_model(self.run.model_path(member))
+        return self._models[member]
+
+    def tta_warning(self, tta: bool) -> str | None:
+        """A one-line warning when applied with another TTA setting than fitted with, else None."""
+        if tta == self.fitted_with_tta:
+            return None
+        fitted, applied = ("with", "without") if self.fitted_with_tta else ("without", "with")
+        advice = "pass --tta" if self.fitted_with_tta else "run `ensemble fit-stacker --tta`"
+        return (
+            f"warning: the combiners of {self.run.root} were fitted {fitted} test-time "
+            f"augmentation but are applied {applied} it; their weights and temperatures may "
+            f"not fit these outputs ({advice} to match)"
+        )
+
+    # From images to probabilities.
+
+    def member_outputs(
+        self, images: Images, *, tta: bool = False, batch_size: int = 256
+    ) -> MemberOutputs:
+        """Every member's probabilities and pooled features on ``images``, calibrated.
+
+        Args:
+            images: see :data:`Images`; resized to each member's input size as needed.
+            tta: average each member over the 8 dihedral views.
+            batch_size: images per forward pass.
+
+        Raises:
+            DataError: a path cannot be decoded, or an array is not ``(N, H, W, 3)``.
+        """
+        by_size = self.images_by_size(images)
+        probabilities, features = [], []
+        for name in self.members:
+            member_probabilities, member_features = average_over_views(
+                lambda view, name=name: self._forward(name, view, batch_size),
+                by_size[self.input_size(name)],
+                tta,
+            )
+            probabilities.append(member_probabilities)
+            features.append(member_features.astype(np.float32))
+        return self.calibrate(np.stack(probabilities), features)
+
+    def calibrate(self, probabilities: np.ndarray, features: Sequence[np.ndarray]) -> MemberOutputs:
+        """Member outputs computed elsewhere (e.g. cached) with the temperatures applied.
+
+        Args:
+            probabilities: ``(n_members, N, K)`` raw member probabilities, in member order.
+            features: one ``(N, F)`` array per member.
+        """
+        probabilities = np.asarray(probabilities)
+        return MemberOutputs(
+            probabilities=probabilities,
+            calibrated=self.temperatures.transform(probabilities),
+            features=tuple(features),
+        )
+
+    def combine(self, outputs: MemberOutputs, combiner: str | None = None) -> np.ndarray:
+        """Class probabilities ``(N, K)`` of one combiner or member (default: :attr:`combiner`).
+
+        Raises:
+            ConfigError: ``combiner`` is not one of :meth:`choices`.
+        """
+        name = self._resolve(combiner) if combiner else self.combiner
+        if name in self.combiners:
+            return self.combiners[name].combine(outputs)
+        return outputs.calibrated[self.members.index(name)]
+
+    def combine_all(self, outputs: MemberOutputs) -> dict[str, np.ndarray]:
+        """Class probabilities of every member (calibrated), then of every combiner."""
+        result = {name: outputs.calibrated[index] for index, name in enumerate(self.members)}
+        for name, combiner in self.combiners.items():
+            result[name] = combiner.combine(outputs)
+        return result
+
+    def predict_proba(
+        self, images: Images, *, tta: bool = False, batch_size: int = 256
+    ) -> np.ndarray:
+        """Class probabilities ``(N, K)`` of :attr:`combiner` on ``images``."""
+        return self.combine(self.member_outputs(images, tta=tta, batch_size=batch_size))
+
+    def predict(self, images: Images, *, tta: bool = False, batch_size: int = 256) -> np.ndarray:
+        """Predicted class index per image (names: ``ensemble.classes[index]``)."""
+        return self.predict_proba(images, tta=tta, batch_size=batch_size).argmax(axis=1)
+
+    # Referral: prediction sets, out-of-distribution scores, the abstain rule.
+
+    @property
+    def default_alpha(self) -> float | None:
+        """The miss rate the sets were calibrated for by default (``None``: not calibrated)."""
+        return next(iter(self.conformal.values())).alpha if self.conformal else None
+
+    def predict_sets(
+        self,
+        images: Images | MemberOutputs,
+        alpha: float | None = None,
+        *,
+        combiner: str | None = None,
+        tta: bool = False,
+        batch_size: int = 256,
+    ) -> np.ndarray:
+        """Conformal prediction sets ``(N, K)``: True where a class cannot be ruled out.
+
+        If the images are like the calibration images, a set holds the true class for at
+        least ``1 - alpha`` of them.
+
+        Args:
+            images: see :data:`Images`, or member outputs already computed.
+            alpha: miss rate in ``(0, 1)``; ``None`` = the calibrated default (0.01).
+            combiner: whose probabilities (default: :attr:`combiner`).
+            tta: average each member over the 8 dihedral views.
+            batch_size: images per forward pass.
+
+        Raises:
+            RunError: the run was fitted before prediction sets (run fit-stacker again).
+            ConfigError: ``alpha`` outside ``(0, 1)``, or an unknown ``combiner``.
+        """
+        outputs = self._as_outputs(images, tta, batch_size)
+        name = self._resolve(combiner) if combiner else self.combiner
+        return self.sets_from_probabilities(self.combine(outputs, name), alpha, name)
+
+    def sets_from_probabilities(
+        self, probabilities: np.ndarray, alpha: float | None = None, combiner: str | None = None
+    ) -> np.ndarray:
+        """Prediction sets from probabilities of ``combiner`` already computed (no forward pass).
+
+        Raises:
+            RunError: not calibrated. ConfigError: a bad ``alpha`` or ``combiner``.
+        """
+        conformal = self._conformal(combiner)
+        with warnings.catch_warnings():  # said once by calibration_warning(), not per batch
+            warnings.simplefilter("ignore", SmallCalibrationWarning)
+            return conformal.predict_sets(probabilities, alpha)
+
+    def calibration_warning(self, alpha: float | None = None) -> str | None:
+        """A one-line warning when the calibration is too small for ``alpha``, else None."""
+        if not self.conformal:
+            return None
+        conformal = self._conformal(None)
+        alpha = check_rate(conformal.alpha if alpha is None else alpha, "alpha")
+        needed = minimum_calibration_size(alpha)
+        n_images = len(conformal.calibration_scores_)
+        if n_images < needed:
+            return (
+                f"warning: the prediction sets of {self.run.root} were calibrated on "
+                f"{n_images} images; alpha={alpha} needs {needed}, so every set holds every "
+                "class (pass a larger --alpha, or fit a run with more blend images)"
+            )
+        short = [self.classes[k] for k in conformal.fallback_classes(alpha)]
+        if short:
+            return (
+                f"warning: Mondrian prediction sets: classes {short} have fewer than {needed} "
+                f"calibration images for alpha={alpha}; their thresholds fall back to "
+                "conservative ones"
+            )
+        return None
+
+    def default_refer(self, alpha: float | None = None) -> str:
+        """``conformal`` when the sets are calibrated well enough for ``alpha``, else ``agreement``.
+
+        Well enough: the calibration has the images ``alpha`` needs, so sets are not all classes.
+        """
+        if not self.conformal:
+            return "agreement"
+        conformal = self._conformal(None)
+        alpha = check_rate(conformal.alpha if alpha is None else alpha, "alpha")
+        enough = len(conformal.calibration_scores_) >= minimum_calibration_size(alpha)
+        return "conformal" if enough else "agreement"
+
+    def ood_scores(
+        self, images: Images | MemberOutputs, *, tta: bool = False, batch_size: int = 256
+    ) -> np.ndarray:
+        """How unlike the clean calibration images each image is ``(N,)``; larger = stranger.
+
+        Raises:
+            RunError: the run has no OOD detector (fit-stacker again, with an OOD method).
+        """
+        return self.ood_from_outputs(self._as_outputs(images, tta, batch_size))
+
+    def ood_from_outputs(self, outputs: MemberOutputs) -> np.ndarray:
+        """:meth:`ood_scores` of member outputs already computed (no forward pass)."""
+        if self.ood is None:
+            raise RunError(
+                f"run {self.run.root} has no OOD detector. Run `ensemble fit-stacker` again."
+            )
+        if self.ood.method == "max_softmax":
+            inputs = dict(zip(self.members, outputs.calibrated, strict=True))
+        else:
+            inputs = dict(zip(self.members, outputs.features, strict=True))
+        return self.ood.score(inputs)
+
+    @property
+    def ood_threshold(self) -> float | None:
+        """OOD score above which an image is referred (``None``: no detector)."""
+        return None if self.ood is None else self.ood.threshold()
+
+    def decide(
+        self,
+        images: Images | MemberOutputs,
+        *,
+        alpha: float | None = None,
+        refer: str | None = None,
+        min_agreement: float = 0.5,
+        min_confidence: float = 0.5,
+        tta: bool = False,
+        batch_size: int = 256,
+    ) -> Decisions:
+        """Everything about each image in one forward pass: class, set, OOD score, referral.
+
+        Args:
+            images: see :data:`Images`, or member outputs already computed.
+            alpha: miss rate of the sets; ``None`` = the calibrated default.
+            refer: ``"conformal"`` (refer unless the set is exactly the predicted class and the
+                OOD score is under its threshold), ``"agreement"`` (refer when member agreement
+                or confidence is under its minimum), ``None`` = :meth:`default_refer`.
+            min_agreement: the agreement rule's minimum share of members voting for the class.
+            min_confidence: the agreement rule's minimum probability.
+            tta: average each member over the 8 dihedral views.
+            batch_size: images per forward pass.
+
+        Raises:
+            ConfigError: an unknown ``refer``, a bad ``alpha`` or threshold.
+            RunError: ``refer="conformal"`` on a run fitted before prediction sets.
+        """
+        refer, alpha = self.referral_settings(alpha, refer, min_agreement, min_confidence)
+        outputs = self._as_outputs(images, tta, batch_size)
+        probabilities = self.combine(outputs)
+        sets = None
+        if self.conformal:
+            sets = self.sets_from_probabilities(probabilities, alpha)
+        scores = flagged = None
+        if self.ood is not None:
+            scores = self.ood_from_outputs(outputs)
+            flagged = scores > self.ood_threshold
+        if refer == "conformal":
+            abstain = conformal_referral(probabilities, sets, flagged)
+        else:
+            abstain = agreement_referral(
+                probabilities, outputs.votes, min_agreement, min_confidence
+            )
+        return Decisions(
+            probabilities=probabilities,
+            votes=outputs.votes,
+            sets=sets,
+            ood_scores=scores,
+            out_of_distribution=flagged,
+            abstain=abstain,
+            refer=refer,
+            alpha=alpha,
+        )
+
+    def referral_settings(
+        self,
+        alpha: float | None = None,
+        refer: str | None = None,
+        min_agreement: float = 0.5,
+        min_confidence: float = 0.5,
+    ) -> tuple[str, float | None]:
+        """The rule and alpha :meth:`decide` will use, checked before any image is read.
+
+        Returns:
+            ``(refer, alpha)``: the rule (``None`` resolved by :meth:`default_refer`) and the
+            miss rate (``None`` resolved to the calibrated default; ``None`` if not calibrated).
+
+        Raises:
+            ConfigError: an unknown ``refer``, ``alpha`` outside ``(0, 1)``, or a threshold
+                outside ``[0, 1]``.
+            RunError: ``refer="conformal"`` on a run fitted before prediction sets.
+        """
+        for name, value in (("min_agreement", min_agreement), ("min_confidence", min_confidence)):
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1]. Received: {name}={value}")
+        if refer is not None and refer not in REFER_RULES:
+            raise ConfigError(
+                f"unknown refer rule. Choose from {list(REFER_RULES)}. Received: refer={refer!r}"
+            )
+        if alpha is not None:
+            check_rate(alpha, "alpha")
+        refer = refer or self.default_refer(alpha)
+        if refer == "conformal" and not self.conformal:
+            raise RunError(
+                f"run {self.run.root} has no prediction sets (fitted before them). Run "
+                "`ensemble fit-stacker` again, or refer by agreement."
+            )
+        if not self.conformal:
+            return refer, None
+        return refer, self.default_alpha if alpha is None else float(alpha)
+
+    def images_by_size(self, images: Images) -> dict[int, np.ndarray]:
+        """``images`` at every member input size: ``{size: (N, size, size, 3)}``.
+
+        Raises:
+            DataError: a path cannot be decoded, or an array is not ``(N, H, W, 3)``.
+        """
+        sizes = sorted({self.input_size(name) for name in self.members})
+        if isinstance(images, Mapping):
+            missing = [size for size in sizes if size not in images]
+            if missing:
+                raise DataError(f"images at sizes {missing} are missing. Received: {list(images)}")
+            return {size: images[size] for size in sizes}
+        if not isinstance(images, np.ndarray):
+            images = [_decode(path) for path in images]
+        elif images.ndim != 4 or images.shape[-1] != 3:
+            raise DataError(f"images must be (N, H, W, 3) RGB. Received: shape={images.shape}")
+        return {size: _resized(images, size) for size in sizes}
+
+    def _forward(self, name: str, images: np.ndarray, batch_size: int) -> list[np.ndarray]:
+        """One padded forward pass of member ``name``: ``[probabilities, pooled features]``."""
+        if name not in self._forward_models:
+            self._forward_models[name] = feature_model(self.model(name))
+        padded = _pad_to_multiple(images, batch_size)
+        outputs = self._forward_models[name].predict(padded, batch_size=batch_size, verbose=0)
+        return [output[: len(images)] for output in outputs]
+
+    def _as_outputs(
+        self, images: Images | MemberOutputs, tta: bool, batch_size: int
+    ) -> MemberOutputs:
+        if isinstance(images, MemberOutputs):
+            return images
+        return self.member_outputs(images, tta=tta, batch_size=batch_size)
+
+    def _conformal(self, combiner: str | None) -> ConformalClassifier:
+        if not self.conformal:
+            raise RunError(
+                f"run {self.run.root} has no prediction sets (fitted before them). Run "
+                "`ensemble fit-stacker` again."
+            )
+        return self.conformal[self._resolve(combiner) if combiner else self.combiner]
+
+    def _ovr_members(self) -> list[str]:
+        return [name for name in self.members if self.run.member_spec(name).kind == "ovr"]
+
+    def _resolve(self, combiner: str) -> str:
+        choices = self.choices()
+        if combiner not in choices:
+            raise ConfigError(f"unknown combiner {combiner!r}. Choose from {choices}")
+        return self._ovr_members()[0] if combiner == "ovr" else combiner
+
+
+def _check_unchanged(run: RunDir, selection: Selection, hashes: dict[str, str]) -> None:
+    """Refuse members or combiner files that changed since fit-stacker recorded them."""
+    recorded = selection.member_model_sha256
+    changed = [name for name in hashes if hashes[name] != recorded.get(name)]
+    if changed:
+        raise RunError(
+            f"members changed since the combiners were fitted: {changed}. "
+            "Run `ensemble fit-stacker` again."
+        )
+    for name, digest in selection.artifact_sha256.items():
+        artifact = run.combiners_dir / name
+        if not artifact.is_file() or file_sha256(artifact) != digest:
+            raise RunError(
+                f"combiner file {artifact} is missing, changed or truncated since fit-stacker "
+                "wrote it. Run `ensemble fit-stacker` again."
+            )
+
+
+def _pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
+    """Pad a batch with blank images to a multiple of ``multiple`` rows.
+
+    Every forward pass then sees one batch shape, so TensorFlow traces the model once per
+    process instead of once per odd-sized last batch (a trace of ResNet50 costs seconds).
+    """
+    missing = -len(images) % multiple
+    if not missing:
+        return images
+    return np.concatenate([images, np.zeros((missing, *images.shape[1:]), images.dtype)])
+
+
+def _resized(images: np.ndarray | list[np.ndarray], size: int) -> np.ndarray:
+    """Every image centre-cropped to a square and resized to ``size`` (as when decoding)."""
+    if isinstance(images, np.ndarray) and images.shape[1:3] == (size, size):
+        return images.astype(np.uint8, copy=False)
+    return np.stack([crop_and_resize(np.asarray(image, np.uint8), size) for image in images])
+
+
+def _decode(path: Path | str) -> np.ndarray:
+    try:
+        return decode_image(Path(path)).pixels
+    except UnreadableImage as error:
+        raise DataError(f"cannot read image {path}: {error}") from None
