@@ -291,3 +291,34 @@ def blend_folds(labels: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndar
         folds = StratifiedKFold(min(FOLDS, rarest), shuffle=True, random_state=seed)
         return list(folds.split(labels, labels))
     return list(KFold(2, shuffle=True, random_state=seed).split(labels))
+
+
+def grouped_folds(
+    labels: np.ndarray, groups: list[str] | np.ndarray, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`blend_folds` over groups of rows: the rows of one group always on one side.
+
+    A group is one source image and its shifted copies (the same id), so no copy of an image is
+    ever used to predict that image. With one row per group these are exactly
+    :func:`blend_folds` of ``labels``.
+
+    Args:
+        labels: class index of each row; every row of a group has its group's label.
+        groups: the group (image id) of each row.
+        seed: seeds the folds.
+
+    Returns:
+        ``(fit_rows, held_rows)`` pairs; the held rows of all folds partition the rows.
+    """
+    groups = np.asarray([str(group) for group in groups])
+    _, first_rows, row_group = np.unique(groups, return_index=True, return_inverse=True)
+    order = np.argsort(first_rows)  # groups in the order they first appear
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    group_of_row = rank[row_group.reshape(-1)]
+    group_labels = np.asarray(labels)[np.sort(first_rows)]
+    folds = []
+    for _, held_groups in blend_folds(group_labels, seed):
+        held = np.isin(group_of_row, held_groups)
+        folds.append((np.flatnonzero(~held), np.flatnonzero(held)))
+    return folds

@@ -477,8 +477,9 @@ def _fit_every_combiner(
     fitted = {}
     for name, cls in registered_combiners().items():
         combiner = cls.create(names, seed).fit_blend(blend)
-        combiner.save(directory.combiners_dir, member_hashes=hashes, classes=directory.classes)
         cv_accuracy[name] = combiner.cross_validated_accuracy(blend)
+        combiner.save(directory.combiners_dir, member_hashes=hashes, classes=directory.classes)
+        stage("fit-stacker", f"{name}: cross-validated accuracy {cv_accuracy[name]:.4f}")
         files += cls.files()
         fitted[name] = combiner
     return cv_accuracy, files, fitted

@@ -53,10 +53,9 @@ def shifted_outputs(
     Returns:
         One :class:`MemberOutputs` per copy, rows in the order of ``rows``' true entries.
     """
-    from ensemble.core.artifacts import load_keras_model
-    from ensemble.members.outputs import member_outputs
+    from ensemble.members.outputs import member_model, member_outputs
 
-    models = {name: load_keras_model(run.directory.model_path(name)) for name in names}
+    models = {name: member_model(run.directory.model_path(name)) for name in names}
     sizes = sorted({model.input_shape[1] for model in models.values()})
     clean = {size: run.images("blend", size)[0][rows] for size in sizes}
     result = []

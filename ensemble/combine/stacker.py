@@ -6,7 +6,10 @@ over-confident copies of what the members memorised, and its test score would be
 :meth:`Stacker.fit` checks this against the run's split and refuses otherwise.
 
 Dimensionality (PCA components on the standardised features) and regularisation (tree depth,
-L2) are chosen by stratified cross-validation inside ``blend``. Saved as XGBoost's own JSON
+L2) are chosen by stratified cross-validation inside ``blend``, grouped by image (an image's
+shifted copies never on both sides of a fold). The accuracy fit-stacker compares with the other
+combiners' is *nested*: on the same folds as theirs, each fold's stacker chooses its own
+settings without seeing the fold. Saved as XGBoost's own JSON
 model, the PCA as ``.npy`` (loaded without pickle) and a JSON sidecar with the feature layout,
 classes and the members' model hashes. Registered as the ``stack`` combiner
 (:mod:`ensemble.combine.base`).
@@ -23,7 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ensemble.combine.base import Blend, Combiner, MemberOutputs, blend_folds, register
+from ensemble.combine.base import Blend, Combiner, MemberOutputs, grouped_folds, register
 from ensemble.core.errors import ConfigError, NotFittedError, RunError
 from ensemble.core.fileio import atomic_write_bytes, atomic_write_json
 
@@ -77,6 +80,10 @@ class Stacker(Combiner):
     ) -> Stacker:
         """Choose settings by cross-validation inside ``blend``, then fit on all of ``blend``.
 
+        The folds are grouped by image id (:func:`grouped_folds`): an image and its shifted
+        copies are always on the same side, so a setting is never chosen for predicting an
+        image from its own copy.
+
         Raises:
             RunError: an id is not in the ``blend`` split (it trained or early-stopped a member).
         """
@@ -95,10 +102,12 @@ class Stacker(Combiner):
         standard = (matrix - self.mean_) / self.scale_
         self.n_classes_ = int(labels.max()) + 1
         self.cv_scores_: dict[Settings, float] = {}
+        self.nested_cv_accuracy_: float | None = None
+        folds = grouped_folds(labels, ids, self.seed)
         for components, depth, l2 in product(COMPONENTS, DEPTHS, L2):
             point = Settings(min(components, standard.shape[1], len(labels) // 2), depth, l2)
             if point not in self.cv_scores_:  # capped components can repeat a point
-                self.cv_scores_[point] = self._cross_validate(standard, labels, *point)
+                self.cv_scores_[point] = self._cross_validate(standard, labels, folds, *point)
         best = min(self.cv_scores_, key=lambda point: (-self.cv_scores_[point], tie_break(point)))
         self.settings_ = best._asdict()
         self.components_ = _pca(standard, best.components)
@@ -141,10 +150,33 @@ class Stacker(Combiner):
         return self.predict_proba(list(outputs.features), list(outputs.probabilities))
 
     def cross_validated_accuracy(self, blend: Blend) -> float:
-        """The best grid point's accuracy, from the cross-validation :meth:`fit` ran."""
-        if not hasattr(self, "cv_scores_"):
+        """Nested cross-validated accuracy on ``blend.folds``, the folds every combiner uses.
+
+        For each fold a fresh stacker is fitted on the other rows — choosing its settings by
+        its own inner cross-validation there, as :meth:`fit` does — and predicts the fold. The
+        best grid point's score of :meth:`fit` would be optimistic (the maximum over eight
+        settings, chosen on the very images it scores); this one means what the voting
+        combiners' scores mean.
+        """
+        if not hasattr(self, "model_"):
             raise NotFittedError("Stacker")
-        return max(self.cv_scores_.values())
+        if getattr(self, "nested_cv_accuracy_", None) is None:
+            outputs, correct = blend.outputs, 0
+            for fit_rows, held_rows in blend.folds:
+                fold = Stacker(self.members, self.with_probabilities, self.seed).fit(
+                    [features[fit_rows] for features in outputs.features],
+                    list(outputs.probabilities[:, fit_rows]),
+                    blend.labels[fit_rows],
+                    [blend.ids[row] for row in fit_rows],
+                    blend.split_of,
+                )
+                predicted = fold.predict_proba(
+                    [features[held_rows] for features in outputs.features],
+                    list(outputs.probabilities[:, held_rows]),
+                ).argmax(axis=1)
+                correct += int((predicted == blend.labels[held_rows]).sum())
+            self.nested_cv_accuracy_ = round(correct / len(blend.labels), 6)
+        return self.nested_cv_accuracy_
 
     @classmethod
     def files(cls) -> tuple[str, ...]:
@@ -174,6 +206,7 @@ class Stacker(Combiner):
                     point._asdict() | {"cv_accuracy": score}
                     for point, score in self.cv_scores_.items()
                 ],
+                "nested_cv_accuracy": getattr(self, "nested_cv_accuracy_", None),
                 "seed": self.seed,
             },
         )
@@ -207,6 +240,7 @@ class Stacker(Combiner):
         booster.load_model(bytearray((folder / "stacker.ubj").read_bytes()))
         stacker.model_ = booster
         stacker.settings_ = sidecar["settings"]
+        stacker.nested_cv_accuracy_ = sidecar.get("nested_cv_accuracy")
         stacker.cv_scores_ = {  # absent from files written before the grid was saved as a list
             Settings(row["components"], row["max_depth"], row["l2"]): row["cv_accuracy"]
             for row in sidecar.get("cv_grid", [])
@@ -217,9 +251,9 @@ class Stacker(Combiner):
         parts = list(features) + (list(probabilities) if self.with_probabilities else [])
         return np.concatenate([np.asarray(p, dtype=np.float64) for p in parts], axis=1)
 
-    def _cross_validate(self, standard, labels, components, depth, l2) -> float:
+    def _cross_validate(self, standard, labels, folds, components, depth, l2) -> float:
         correct = 0
-        for fit_rows, held_rows in blend_folds(labels, self.seed):
+        for fit_rows, held_rows in folds:
             basis = _pca(standard[fit_rows], components)
             model = self._fit_model(standard[fit_rows] @ basis.T, labels[fit_rows], depth, l2)
             import xgboost

@@ -8,9 +8,11 @@ changed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -69,6 +71,21 @@ def average_over_views(forward, images: np.ndarray, tta: bool) -> tuple[np.ndarr
     return outputs / np.where(totals > 0, totals, 1.0), features
 
 
+@functools.lru_cache(maxsize=16)
+def _loaded_model(path: str, sha256: str):
+    return load_keras_model(Path(path))
+
+
+def member_model(path: Path, sha256: str | None = None):
+    """A member's ``model.keras``, loaded once per process for each content hash.
+
+    fit-stacker reads every member on val, blend and the shifted copies of blend; loading a
+    Keras model takes seconds, so each is loaded once. A changed file (another hash) is loaded
+    again.
+    """
+    return _loaded_model(str(path), sha256 or file_sha256(path))
+
+
 def cached_member_outputs(
     run, member: str, split_name: str, *, tta: bool = False, model_sha256: str | None = None
 ) -> dict[str, np.ndarray]:
@@ -102,7 +119,7 @@ def cached_member_outputs(
     if data_path.is_file() and key_path.is_file() and json.loads(key_path.read_text()) == key:
         with np.load(data_path, allow_pickle=False) as cached:
             return {name: cached[name] for name in cached.files}
-    model = load_keras_model(model_path)
+    model = member_model(model_path, key["model_sha256"])
     images, labels = run.images(split_name, model.input_shape[1])
     probabilities, features = member_outputs(model, images, tta=tta)
     result = {
