@@ -9,6 +9,7 @@ start-up lines and the libraries' warnings stay hidden (:mod:`ensemble.core.cons
 from __future__ import annotations
 
 import json
+import re
 import sys
 import tempfile
 from enum import StrEnum
@@ -19,8 +20,13 @@ import typer
 
 from ensemble import __version__
 from ensemble.core.console import quiet_console
-from ensemble.core.errors import EnsembleError
+from ensemble.core.errors import EnsembleError, did_you_mean
+from ensemble.data.split import SPLITS
 from ensemble.recipes import builtin_pipelines
+from ensemble.refer.conformal import DEFAULT_ALPHA, DEFAULT_SCORE, SCORES
+from ensemble.refer.ood import DEFAULT_OOD_METHOD, DEFAULT_TARGET_REFERRAL, OOD_METHODS
+from ensemble.refer.rule import REFER_RULES
+from ensemble.refer.selective import DEFAULT_DELTA, DEFAULT_TARGETS, SELECTIVE_SCORES
 
 app = typer.Typer(
     name="ensemble",
@@ -57,13 +63,8 @@ PipelineOption = Annotated[
 ]
 
 
-class SplitName(StrEnum):
-    """A split of a run's data (see ensemble.data.split)."""
-
-    test = "test"
-    blend = "blend"
-    val = "val"
-    train = "train"
+#: A split of a run's data (see ensemble.data.split).
+SplitName = StrEnum("SplitName", {name: name for name in SPLITS})
 
 
 def _show_version(value: bool) -> None:
@@ -287,28 +288,23 @@ def train_members(
     typer.echo(f"run directory: {run_dir}")
 
 
-class ConformalScore(StrEnum):
-    """Conformity score of the prediction sets (see ensemble.refer.conformal)."""
-
-    lac = "lac"
-    aps = "aps"
-    raps = "raps"
+#: Conformity score of the prediction sets (see ensemble.refer.conformal).
+ConformalScore = StrEnum("ConformalScore", {name: name for name in SCORES})
 
 
-class OodMethod(StrEnum):
-    """Out-of-distribution score (see ensemble.refer.ood); ``none`` fits no detector."""
-
-    mahalanobis = "mahalanobis"
-    knn = "knn"
-    max_softmax = "max_softmax"
-    none = "none"
+#: Out-of-distribution score (see ensemble.refer.ood); ``none`` fits no detector.
+OodMethod = StrEnum("OodMethod", {name: name for name in (*OOD_METHODS, "none")})
 
 
-class ReferRule(StrEnum):
-    """What ``abstain`` follows (see ensemble.refer.rule)."""
+#: What the selective rule thresholds (see ensemble.refer.selective).
+SelectiveScore = StrEnum("SelectiveScore", {name: name for name in SELECTIVE_SCORES})
 
-    conformal = "conformal"
-    agreement = "agreement"
+_DEFAULT_CONFORMAL_SCORE = ConformalScore(DEFAULT_SCORE)
+_DEFAULT_OOD = OodMethod(DEFAULT_OOD_METHOD)
+_DEFAULT_SELECTIVE_SCORE = SelectiveScore(SELECTIVE_SCORES[0])
+
+#: What ``abstain`` follows (see ensemble.refer.rule).
+ReferRule = StrEnum("ReferRule", {name: name for name in REFER_RULES})
 
 
 @app.command("fit-stacker")
@@ -330,7 +326,7 @@ def fit_stacker(
     ] = False,
     score: Annotated[
         ConformalScore, typer.Option(help="Conformity score of the prediction sets.")
-    ] = ConformalScore.lac,
+    ] = _DEFAULT_CONFORMAL_SCORE,
     mondrian: Annotated[
         bool,
         typer.Option(help="One threshold per class: coverage per class, larger sets."),
@@ -340,16 +336,40 @@ def fit_stacker(
         typer.Option(
             help="Default miss rate of the prediction sets (predict --alpha overrides it).",
         ),
-    ] = 0.01,
+    ] = DEFAULT_ALPHA,
     ood: Annotated[
         OodMethod, typer.Option(help="Out-of-distribution score of the referral.")
-    ] = OodMethod.mahalanobis,
+    ] = _DEFAULT_OOD,
     ood_referral: Annotated[
         float,
         typer.Option(
             help="Share of clean images the OOD threshold refers.",
         ),
-    ] = 0.02,
+    ] = DEFAULT_TARGET_REFERRAL,
+    accepted_accuracy: Annotated[
+        float | None,
+        typer.Option(
+            help="Accuracy on accepted images that --refer selective guarantees by default "
+            f"(calibrated with {', '.join(map(str, DEFAULT_TARGETS))} beside it; default: "
+            f"{DEFAULT_TARGETS[0]}).",
+        ),
+    ] = None,
+    delta: Annotated[
+        float,
+        typer.Option(help="Chance that a selective guarantee fails."),
+    ] = DEFAULT_DELTA,
+    selective_score: Annotated[
+        SelectiveScore,
+        typer.Option(help="What the selective rule thresholds."),
+    ] = _DEFAULT_SELECTIVE_SCORE,
+    per_class: Annotated[
+        bool,
+        typer.Option(
+            "--per-class",
+            help="One selective threshold per predicted class, each with its own guarantee "
+            "(rare classes such as basophils).",
+        ),
+    ] = False,
     shift_copies: Annotated[
         int,
         typer.Option(
@@ -391,6 +411,10 @@ def fit_stacker(
         ood_referral=ood_referral,
         shift_copies=shift_copies,
         members=_names(members) or None,
+        accepted_accuracy=accepted_accuracy,
+        delta=delta,
+        selective_score=selective_score.value,
+        per_class=per_class,
     )
     scored_on = f" (clean + {shift_copies} shifted copies)" if shift_copies else ""
     for name, accuracy in selection.cv_accuracy_on_blend.items():
@@ -411,7 +435,33 @@ def fit_stacker(
             f"threshold {detector['threshold']:.3f} refers {detector['target_referral']:.1%} "
             f"of {detector['n_calibration']} clean blend images"
         )
+    _echo_selective(run, selection)
     typer.echo(f"default combiner: {selection.default_combiner} (written to {run}/combiners)")
+
+
+def _echo_selective(run: Path, selection) -> None:
+    """One line per calibrated accepted accuracy of the default combiner."""
+    from ensemble.refer.selective import SelectiveClassifier
+
+    record = selection.calibration.get("selective")
+    if not record:
+        return
+    default = selection.default_combiner
+    selective = SelectiveClassifier.load(
+        run / "combiners" / record["models"][default], selection.member_model_sha256
+    )
+    for target in selective.targets:
+        calibration = selective.calibration_[target]
+        if selective.per_class:
+            accepted = sum(row["n_accepted"] for row in calibration)
+            n = sum(row["n"] for row in calibration)
+        else:
+            accepted, n = calibration["n_accepted"], calibration["n"]
+        typer.echo(
+            f"selective ({default}): accepted accuracy >= {target} with probability "
+            f"{1 - selective.delta:g}: accepts {accepted} of {n} calibration images "
+            f"({1 - accepted / max(n, 1):.1%} referred)"
+        )
 
 
 @app.command()
@@ -444,6 +494,7 @@ def predict(
         typer.Option(
             help="What abstain follows: 'conformal' = refer unless the set is exactly the "
             "prediction and the image is not out of distribution (default once calibrated); "
+            "'selective' = refer unless confident enough for --accepted-accuracy; "
             "'agreement' = --min-agreement / --min-confidence."
         ),
     ] = None,
@@ -454,6 +505,13 @@ def predict(
     min_confidence: Annotated[
         float, typer.Option(help="--refer agreement: abstain (refer) below this confidence.")
     ] = 0.5,
+    accepted_accuracy: Annotated[
+        float | None,
+        typer.Option(
+            help="--refer selective: the accuracy guaranteed on accepted images, one that "
+            "fit-stacker calibrated (default: the one it was asked for).",
+        ),
+    ] = None,
     html: Annotated[
         Path | None,
         typer.Option(
@@ -504,6 +562,7 @@ def predict(
         min_confidence=min_confidence,
         alpha=alpha,
         refer=refer.value if refer else None,
+        accepted_accuracy=accepted_accuracy,
     )
     if ray_address is not None:
         from ensemble.serve.ray_predict import iter_prediction_rows_on_ray
@@ -656,11 +715,85 @@ def _load(data: Path | None, classes: str | None, data_root: Path | None):
     return load_dataset(data, classes=names, root=data_root)
 
 
+#: Options of the command itself, accepted before or after the subcommand.
+GLOBAL_FLAGS = ("--debug", "--verbose")
+
+
+def global_flags_first(arguments: list[str]) -> list[str]:
+    """``arguments`` with :data:`GLOBAL_FLAGS` moved in front of the subcommand.
+
+    ``ensemble predict DIR --run R --verbose`` then means ``ensemble --verbose predict …``;
+    anything after a ``--`` is left alone.
+
+    Example:
+        >>> global_flags_first(["predict", "d", "--verbose"])
+        ['--verbose', 'predict', 'd']
+    """
+    end = arguments.index("--") if "--" in arguments else len(arguments)
+    flags = [argument for argument in arguments[:end] if argument in GLOBAL_FLAGS]
+    rest = [argument for argument in arguments[:end] if argument not in GLOBAL_FLAGS]
+    return flags + rest + arguments[end:]
+
+
+def usage_message(error, arguments: list[str]) -> str:
+    """A click usage error in the project's words: the option, what it needs, what it got.
+
+    Typer checks option values with pydantic and words its errors for programmers ("Value
+    error, …", "Input should be a valid number, unable to parse string as a number"); they
+    become ``--alpha must be a number. Received: 'abc'``, with a close match for choices.
+    """
+    message = error.format_message().replace("\n", " ")
+    param = getattr(error, "param", None)
+    opts = [opt for opt in getattr(param, "opts", None) or [] if opt.startswith("--")]
+    if not opts or type(error).__name__ != "BadParameter":
+        return re.sub(r"^Invalid value: ", "", message)
+    name, received = opts[0], _received(arguments, list(getattr(param, "opts", [])))
+    detail = re.sub(r"^Value error, ", "", error.message if hasattr(error, "message") else message)
+    choices = re.search(r"is not one of (.*?)\.?$", detail)
+    if choices:
+        names = re.findall(r"'([^']*)'", choices.group(1))
+        return f"{name} must be one of {', '.join(names)}. Received: {received!r}." + did_you_mean(
+            received, names
+        )
+    for pattern, wanted in _PYDANTIC_WORDS:
+        found = re.search(pattern, detail)
+        if found:
+            return f"{name} must be {wanted.format(*found.groups())}. Received: {received!r}"
+    return f"{name}: {detail} Received: {received!r}"
+
+
+#: Pydantic's phrases for a bad option value → what the value must be.
+_PYDANTIC_WORDS = (
+    (r"valid integer", "a whole number"),
+    (r"valid number", "a number"),
+    (r"greater than or equal to (\S+)", "at least {}"),
+    (r"greater than (\S+)", "more than {}"),
+    (r"less than or equal to (\S+)", "at most {}"),
+    (r"less than (\S+)", "less than {}"),
+    (r"valid boolean", "true or false"),
+)
+
+
+def _received(arguments: list[str], opts: list[str]) -> str:
+    """The value given to an option on the command line (the last one, as click takes it)."""
+    value = ""
+    for index, argument in enumerate(arguments):
+        for opt in opts:
+            if argument == opt and index + 1 < len(arguments):
+                value = arguments[index + 1]
+            elif argument.startswith(opt + "="):
+                value = argument[len(opt) + 1 :]
+    return value
+
+
 def main() -> None:
     """Entry point of the ``ensemble`` console script."""
+    arguments = global_flags_first(sys.argv[1:])
+    if not arguments:  # `ensemble` alone: the help, as for --help
+        arguments = ["--help"]
     try:
         # Without standalone mode, click returns typer.Exit's code instead of exiting.
-        code = app(standalone_mode=False)
+        code = app(args=arguments, prog_name="ensemble", standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
     except EnsembleError as error:
@@ -691,8 +824,7 @@ def main() -> None:
         exit_code = getattr(error, "exit_code", None)
         if not isinstance(exit_code, int) or not hasattr(error, "format_message"):
             raise
-        if _state["debug"]:
+        if _state["debug"] or "--debug" in arguments:
             raise
-        message = error.format_message().replace("\n", " ")
-        typer.echo(f"error: {message}", err=True)
+        typer.echo(f"error: {usage_message(error, arguments)}", err=True)
         sys.exit(exit_code)

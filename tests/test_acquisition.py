@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from ensemble import acquisition
 from ensemble.core.errors import ConfigError
+from ensemble.corrupt import acquisition
 from ensemble.corrupt.acquisition import CORRUPTIONS, corrupt
 from ensemble.data.synthetic import make_arrays
 from ensemble.members.inputs import AugmentationConfig, training_dataset

@@ -133,7 +133,7 @@ def _fake_training(calls, lock):
 
 
 def test_two_drivers_train_each_member_once(ci_run, monkeypatch, capsys):
-    from ensemble import members
+    from ensemble.run import train as members
 
     run, pipeline = ci_run
     calls, lock = [], threading.Lock()
@@ -160,7 +160,7 @@ def test_two_drivers_train_each_member_once(ci_run, monkeypatch, capsys):
 
 
 def test_member_claimed_elsewhere_is_waited_for_then_reported(ci_run, monkeypatch, capsys):
-    from ensemble import members
+    from ensemble.run import train as members
 
     run, pipeline = ci_run
     calls, lock = [], threading.Lock()
@@ -185,7 +185,7 @@ def test_member_claimed_elsewhere_is_waited_for_then_reported(ci_run, monkeypatc
 
 
 def test_stale_claim_is_taken_over(ci_run, monkeypatch, capsys):
-    from ensemble import members
+    from ensemble.run import train as members
 
     run, pipeline = ci_run
     calls, lock = [], threading.Lock()
@@ -197,8 +197,8 @@ def test_stale_claim_is_taken_over(ci_run, monkeypatch, capsys):
 
 
 def test_missing_dependency_still_fails_in_one_line(ci_run, capsys):
-    from ensemble import members
     from ensemble.core.errors import RunError
+    from ensemble.run import train as members
 
     run, pipeline = ci_run
     with pytest.raises(RunError, match="needs member 'tiny-a' trained first"):

@@ -5,7 +5,7 @@ from ensemble.members.specs import load_member_spec, load_pipeline, member_spec_
 from tests.conftest import REPO
 
 BAD_SPECS = [
-    ({"backbon": "resnet50"}, "unknown key 'backbon'. Allowed keys: \\["),
+    ({"backbon": "resnet50"}, "unknown key 'backbon'. Did you mean 'backbone'\\? Allowed"),
     ({"backbone": "vgg16"}, "backbone must be one of \\[.*Received: backbone='vgg16'"),
     ({"kind": "tree"}, "kind must be one of \\['cnn', 'ovr'\\]"),
     ({"input_size": 16}, "input_size must be >= 32. Received: input_size=16"),

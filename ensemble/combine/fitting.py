@@ -41,6 +41,7 @@ from ensemble.combine.selection import (
     TEMPERATURES,
     Selection,
     conformal_file,
+    selective_file,
 )
 from ensemble.combine.shifted_blend import shifted_outputs, with_copies
 from ensemble.combine.temperature import TemperatureScaling
@@ -51,18 +52,22 @@ from ensemble.data.images import file_sha256
 from ensemble.members.outputs import cached_member_outputs
 from ensemble.refer.conformal import (
     DEFAULT_ALPHA,
+    DEFAULT_SCORE,
     SCORES,
     ConformalClassifier,
     SmallCalibrationWarning,
+    check_rate,
     minimum_calibration_size,
 )
-from ensemble.refer.ood import DEFAULT_TARGET_REFERRAL, OodDetector
+from ensemble.refer.ood import DEFAULT_OOD_METHOD, DEFAULT_TARGET_REFERRAL, OOD_METHODS, OodDetector
+from ensemble.refer.selective import (
+    DEFAULT_DELTA,
+    DEFAULT_TARGETS,
+    SELECTIVE_SCORES,
+    SelectiveClassifier,
+)
 from ensemble.run.directory import Run, RunDir
 
-#: OOD methods fit-stacker offers: ``energy`` needs logits, and the members end in a softmax.
-OOD_METHODS = ("mahalanobis", "knn", "max_softmax")
-DEFAULT_SCORE = "lac"
-DEFAULT_OOD_METHOD = "mahalanobis"
 DESIGN = (
     "conformal: combiners fitted on one half of blend, prediction sets calibrated on the other "
     "half (stratified by class, seeded, duplicate groups kept whole); members' epochs and "
@@ -84,6 +89,10 @@ def fit_combiners(
     ood_referral: float = DEFAULT_TARGET_REFERRAL,
     shift_copies: int = 0,
     members: list[str] | None = None,
+    accepted_accuracy: float | None = None,
+    delta: float = DEFAULT_DELTA,
+    selective_score: str = "confidence",
+    per_class: bool = False,
 ) -> Selection:
     """Fit temperatures and every combiner on half of ``blend``; choose a default; calibrate.
 
@@ -103,6 +112,12 @@ def fit_combiners(
             of ``blend`` (:mod:`ensemble.combine.shifted_blend`); the calibration half stays clean.
         members: the members to combine; ``None`` = the pipeline's (``combine = true``). Name
             a pre-training stage here to let the combiners use it (a clean expert).
+        accepted_accuracy: the accuracy on accepted images that the selective rule
+            guarantees by default; calibrated with :data:`DEFAULT_TARGETS` beside it (predict
+            ``--accepted-accuracy`` picks among them). ``None``: the first default target.
+        delta: the chance that a selective guarantee fails.
+        selective_score: what the selective rule thresholds: ``confidence`` or ``margin``.
+        per_class: one selective threshold per predicted class.
 
     Returns:
         The selection written to ``combiners/selection.json``; its ``calibration["warnings"]``
@@ -114,6 +129,13 @@ def fit_combiners(
             negative ``shift_copies``, or ``members`` naming no trained member of the run.
     """
     _check_options(score, alpha, ood_method, ood_referral)
+    _targets(accepted_accuracy)
+    check_rate(delta, "delta")
+    if selective_score not in SELECTIVE_SCORES:
+        raise ConfigError(
+            f"unknown selective score. Choose from {list(SELECTIVE_SCORES)}. "
+            f"Received: {selective_score!r}"
+        )
     if shift_copies < 0:
         raise ConfigError(f"shift_copies must be >= 0. Received: {shift_copies}")
     directory = run.directory
@@ -129,12 +151,7 @@ def fit_combiners(
     scaler = TemperatureScaling().fit(_stack(val, names), val_labels)
     directory.combiners_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(directory.combiners_dir / TEMPERATURES, {"members": names, **scaler.state()})
-    raw = _stack(blend, names)
-    outputs = MemberOutputs(
-        probabilities=raw,
-        calibrated=scaler.transform(raw),
-        features=tuple(blend[name]["features"] for name in names),
-    )
+    outputs = _outputs(blend, names, scaler)
     stage("fit-stacker", "temperatures on val; every combiner on one half of blend")
     calibration_rows = halve_blend(ids, labels, _duplicate_groups(run, ids), seed)
     fit_rows = ~calibration_rows
@@ -177,26 +194,54 @@ def fit_combiners(
         notes,
     )
     files += conformal["models"].values()
-    ood = None
+    ood = detector = None
     if ood_method is not None:
+        detector = OodDetector(ood_method, target_referral=ood_referral, seed=seed)
         ood = _fit_ood(
             directory,
             _ood_inputs(ood_method, val, names, scaler),
             val_labels,
             _ood_inputs(ood_method, blend, names, scaler),
             hashes,
-            OodDetector(ood_method, target_referral=ood_referral, seed=seed),
+            detector,
             notes,
         )
         if ood is not None:
             files.append(OOD)
     combiners = list(registered_combiners())
+    default = choose_default(cv_accuracy, combiners)
+    stage("fit-stacker", "selective thresholds for the accepted accuracies")
+    val_outputs = _outputs(val, names, scaler)
+    ordering = {name: combiner.combine(val_outputs) for name, combiner in fitted.items()}
+    ordering |= dict(zip(names, val_outputs.calibrated, strict=True))
+    flagged = None
+    if ood is not None:
+        calibration_inputs = _ood_inputs(ood_method, blend, names, scaler)
+        scores = detector.score(
+            {name: inputs[calibration_rows] for name, inputs in calibration_inputs.items()}
+        )
+        flagged = scores > detector.threshold()
+    template = SelectiveClassifier(
+        _targets(accepted_accuracy), delta=delta, score=selective_score, per_class=per_class
+    )
+    selective = _calibrate_selective(
+        directory,
+        probabilities,
+        labels[calibration_rows],
+        ordering,
+        flagged,
+        hashes,
+        template,
+        default,
+        notes,
+    )
+    files += selective["models"].values()
     selection = Selection(
         members=names,
         member_model_sha256=hashes,
         combiners=combiners,
         cv_accuracy_on_blend=cv_accuracy,
-        default_combiner=choose_default(cv_accuracy, combiners),
+        default_combiner=default,
         n_blend=len(labels),
         tta=tta,
         shift_copies=shift_copies,
@@ -209,6 +254,7 @@ def fit_combiners(
             "n_blend_fit": int(fit_rows.sum()),
             "conformal": conformal,
             "ood": ood,
+            "selective": selective,
             "warnings": notes,
         },
     )
@@ -377,6 +423,58 @@ def _calibrate_sets(
         "class_counts": [int(c) for c in np.bincount(labels, minlength=len(directory.classes))],
         "models": models,
     }
+
+
+def _targets(accepted_accuracy: float | None) -> tuple[float, ...]:
+    """The accepted accuracies to calibrate: the one asked for first, then the defaults."""
+    if accepted_accuracy is None:
+        return DEFAULT_TARGETS
+    asked = check_rate(accepted_accuracy, "accepted_accuracy")
+    return (asked, *(target for target in DEFAULT_TARGETS if target != asked))
+
+
+def _calibrate_selective(
+    directory: RunDir,
+    probabilities: dict[str, np.ndarray],
+    labels: np.ndarray,
+    ordering: dict[str, np.ndarray],
+    flagged: np.ndarray | None,
+    hashes: dict[str, str],
+    template: SelectiveClassifier,
+    default: str,
+    notes: list[str],
+) -> dict:
+    """One selective classifier per combiner and member, saved; the record for the selection.
+
+    The thresholds are tested on the calibration half of blend in an order fixed on val
+    (:mod:`ensemble.refer.selective`); the default combiner's warnings join ``notes``.
+    """
+    models = {}
+    for name, model_probabilities in probabilities.items():
+        selective = SelectiveClassifier(**template.get_params()).fit(
+            model_probabilities, labels, ordering[name], flagged=flagged
+        )
+        selective.save(directory.combiners_dir / selective_file(name), hashes)
+        models[name] = selective_file(name)
+        if name == default:
+            notes.extend(f"selective rule of {name}: {line}" for line in selective.warnings_)
+    return {
+        **template.get_params(),
+        "calibrated_on": "the calibration half of blend, out-of-distribution images never "
+        "accepted; thresholds tested in an order fixed on val",
+        "n_images": len(labels),
+        "models": models,
+    }
+
+
+def _outputs(outputs: dict[str, dict], names: list[str], scaler: TemperatureScaling):
+    """Cached member outputs of one split as :class:`MemberOutputs` (temperatures applied)."""
+    raw = _stack(outputs, names)
+    return MemberOutputs(
+        probabilities=raw,
+        calibrated=scaler.transform(raw),
+        features=tuple(outputs[name]["features"] for name in names),
+    )
 
 
 def _fit_ood(

@@ -43,7 +43,9 @@ class Selection:
         calibration: how the referral was calibrated: ``design`` (one paragraph),
             ``split_file``, ``n_blend_fit``, ``conformal`` (settings, ``n_images``, ``models``:
             model name → file), ``ood`` (settings, threshold, ``file``; ``None`` without a
-            detector) and ``warnings``; ``None`` for runs fitted before prediction sets.
+            detector), ``selective`` (targets, delta, score, ``models``: model name → file;
+            absent in runs fitted before it) and ``warnings``; ``None`` for runs fitted before
+            prediction sets.
     """
 
     members: list[str]
@@ -89,3 +91,8 @@ class Selection:
 def conformal_file(model: str) -> str:
     """The file of one combiner's or member's conformal calibration."""
     return f"conformal-{model}.json"
+
+
+def selective_file(model: str) -> str:
+    """The file of one combiner's or member's selective-classification thresholds."""
+    return f"selective-{model}.json"

@@ -39,3 +39,16 @@ class NotFittedError(RuntimeError):
             f"{what} is not fitted yet: call fit() first (or load a fitted one). This is a bug "
             "in the code that called it, not a problem with your input; please report it."
         )
+
+
+def did_you_mean(value: object, choices) -> str:
+    """`` Did you mean 'x'?`` for the closest of ``choices`` to ``value``, or ``""``.
+
+    Example:
+        >>> did_you_mean("stak", ["hard", "soft", "stack"])
+        " Did you mean 'stack'?"
+    """
+    import difflib
+
+    close = difflib.get_close_matches(str(value), [str(choice) for choice in choices], n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""

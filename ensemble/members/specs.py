@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ensemble.core.errors import ConfigError
+from ensemble.core.errors import ConfigError, did_you_mean
 from ensemble.core.validation import check_choice, check_range, require
 from ensemble.data.split import DEFAULT_FRACTIONS, check_fractions
 from ensemble.members.backbones import available_backbones
@@ -344,7 +344,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _reject_unknown(table: dict[str, Any], allowed: set[str], source: str) -> None:
     unknown = sorted(set(table) - allowed)
     if unknown:
-        raise ConfigError(f"{source}: unknown key {unknown[0]!r}. Allowed keys: {sorted(allowed)}")
+        hint = did_you_mean(unknown[0], allowed)
+        raise ConfigError(
+            f"{source}: unknown key {unknown[0]!r}.{hint} Allowed keys: {sorted(allowed)}"
+        )
 
 
 _TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}

@@ -72,6 +72,8 @@ from ensemble.core.errors import ConfigError, NotFittedError, RunError
 from ensemble.core.fileio import atomic_write_json
 
 SCORES = ("lac", "aps", "raps")
+#: The conformity score fit-stacker uses unless told otherwise.
+DEFAULT_SCORE = "lac"
 DEFAULT_ALPHA = 0.01
 FORMAT = "blood-ensemble/conformal-classifier"
 FORMAT_VERSION = 1

@@ -79,6 +79,9 @@ from ensemble.refer.conformal import (
 )
 
 METHODS = ("mahalanobis", "knn", "energy", "max_softmax")
+#: The methods fit-stacker offers: ``energy`` needs logits, and the members end in a softmax.
+OOD_METHODS = ("mahalanobis", "knn", "max_softmax")
+DEFAULT_OOD_METHOD = "mahalanobis"
 DEFAULT_TARGET_REFERRAL = 0.02
 FORMAT = "blood-ensemble/ood-detector"
 SINGLE_MEMBER = "features"  # the member name given to a single array

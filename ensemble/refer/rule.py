@@ -5,6 +5,10 @@
   threshold; every other image is referred. An accepted image is wrong only if its set missed
   the true class, so at most ``alpha`` of all exchangeable images are accepted *and* wrong
   (of the accepted ones, at most ``alpha / (1 - referral rate)``).
+* ``selective`` — an image is accepted only when the combiner's confidence (or margin) is at
+  least the threshold calibrated for the accuracy asked of accepted images
+  (:mod:`ensemble.refer.selective`: at least that accuracy with probability ``1 − delta``) and
+  it is not out of distribution; every other image is referred.
 * ``agreement`` — the rule from before prediction sets: referred when the share of members
   voting for the prediction is under ``min_agreement`` or the combiner's probability is under
   ``min_confidence``. No number bounds the wrong answers it lets through.
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-REFER_RULES = ("conformal", "agreement")
+REFER_RULES = ("conformal", "selective", "agreement")
 
 #: The agreement rule's default minimum share of members voting for the prediction, and its
 #: default minimum probability of the predicted class.

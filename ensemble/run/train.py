@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ensemble.core.errors import ConfigError, RunError
+from ensemble.core.errors import ConfigError, RunError, did_you_mean
 from ensemble.core.fileio import atomic_write_json
 from ensemble.data.sources import Dataset
 from ensemble.members.specs import MemberSpec, PipelineSpec
@@ -77,7 +77,8 @@ def select_members(pipeline: PipelineSpec, only: list[str] | None) -> list[str]:
     for name in only or []:
         if name not in names:
             raise ConfigError(
-                f"--only {name!r} is not a member of {pipeline.name}. Members: {names}"
+                f"--only {name!r} is not a member of {pipeline.name}.{did_you_mean(name, names)} "
+                f"Members: {names}"
             )
     return [name for name in names if not only or name in only]
 

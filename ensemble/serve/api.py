@@ -150,6 +150,7 @@ class Ensemble:
         refer: str | None = None,
         min_agreement: float = 0.5,
         min_confidence: float = 0.5,
+        accepted_accuracy: float | None = None,
         tta: bool = False,
         batch_size: int = 256,
     ) -> Decisions:
@@ -157,8 +158,10 @@ class Ensemble:
 
         What ``ensemble predict`` writes per file. ``refer="conformal"`` (the default once the
         run is calibrated for ``alpha``) refers every image whose set is not exactly the
-        predicted class or whose OOD score is above the threshold; ``refer="agreement"`` refers
-        by member agreement and confidence.
+        predicted class or whose OOD score is above the threshold; ``refer="selective"`` refers
+        every image whose confidence is under the threshold that guarantees
+        ``accepted_accuracy`` on the accepted ones (one fit-stacker calibrated; ``None``: the
+        one it was asked for); ``refer="agreement"`` refers by member agreement and confidence.
 
         Returns:
             :class:`~ensemble.serve.fitted.Decisions`: ``probabilities``, ``predictions``, ``sets``,
@@ -175,6 +178,7 @@ class Ensemble:
             refer=refer,
             min_agreement=min_agreement,
             min_confidence=min_confidence,
+            accepted_accuracy=accepted_accuracy,
             tta=tta,
             batch_size=batch_size,
         )

@@ -30,7 +30,7 @@ from ensemble.combine.registry import registered_combiners
 from ensemble.combine.selection import TEMPERATURES, Selection
 from ensemble.combine.temperature import TemperatureScaling
 from ensemble.core.artifacts import load_keras_model
-from ensemble.core.errors import ConfigError, DataError, RunError
+from ensemble.core.errors import ConfigError, DataError, RunError, did_you_mean
 from ensemble.data.images import UnreadableImage, crop_and_resize, decode_image, file_sha256
 from ensemble.members.outputs import average_over_views, feature_model
 from ensemble.refer.conformal import (
@@ -41,6 +41,7 @@ from ensemble.refer.conformal import (
 )
 from ensemble.refer.ood import OodDetector
 from ensemble.refer.rule import REFER_RULES, agreement_referral, conformal_referral
+from ensemble.refer.selective import SelectiveClassifier
 from ensemble.run.directory import RunDir
 
 #: Images as the ensemble accepts them: uint8 ``(N, H, W, 3)`` at any size, the same images
@@ -110,6 +111,8 @@ class FittedEnsemble:
         conformal: the conformal calibration of every combiner and member, by name (empty when
             the run is not calibrated).
         ood: the OOD detector, or ``None``.
+        selective: the selective thresholds of every combiner and member, by name (empty for
+            runs fitted before them).
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class FittedEnsemble:
         combiner: str | None = None,
         conformal: dict[str, ConformalClassifier] | None = None,
         ood: OodDetector | None = None,
+        selective: dict[str, SelectiveClassifier] | None = None,
     ) -> None:
         self.run = run
         self.classes = run.classes
@@ -135,6 +139,7 @@ class FittedEnsemble:
         self.calibration = selection.calibration
         self.conformal = conformal or {}
         self.ood = ood
+        self.selective = selective or {}
         self.combiner = self._resolve(combiner or selection.default_combiner)
         self._models: dict = {}
         self._forward_models: dict = {}
@@ -181,7 +186,13 @@ class FittedEnsemble:
         ood = None
         if calibration.get("ood"):
             ood = OodDetector.load(run.combiners_dir / calibration["ood"]["file"], hashes)
-        return cls(run, selection, temperatures, combiners, hashes, combiner, conformal, ood)
+        selective = {
+            name: SelectiveClassifier.load(run.combiners_dir / file, hashes)
+            for name, file in (calibration.get("selective") or {}).get("models", {}).items()
+        }
+        return cls(
+            run, selection, temperatures, combiners, hashes, combiner, conformal, ood, selective
+        )
 
     # What can be asked for.
 
@@ -189,6 +200,15 @@ class FittedEnsemble:
         """Every valid ``combiner``: the combiners, the members, and ``ovr`` if there is one."""
         ovr = ["ovr"] if self._ovr_members() else []
         return [*self.combiners, *self.members, *ovr]
+
+    def choice_summary(self) -> str:
+        """The valid ``combiner`` values in one line: combiners, members, and ``ovr``."""
+        combiners = list(self.combiners)
+        members = list(self.members)
+        text = f"the combiners {combiners} or a member {members}"
+        if self._ovr_members():
+            text += " ('ovr' = the first one-vs-rest member)"
+        return text
 
     def input_size(self, member: str) -> int:
         """Input side in pixels of a member."""
@@ -400,6 +420,7 @@ class FittedEnsemble:
         refer: str | None = None,
         min_agreement: float = 0.5,
         min_confidence: float = 0.5,
+        accepted_accuracy: float | None = None,
         tta: bool = False,
         batch_size: int = 256,
     ) -> Decisions:
@@ -409,10 +430,14 @@ class FittedEnsemble:
             images: see :data:`Images`, or member outputs already computed.
             alpha: miss rate of the sets; ``None`` = the calibrated default.
             refer: ``"conformal"`` (refer unless the set is exactly the predicted class and the
-                OOD score is under its threshold), ``"agreement"`` (refer when member agreement
-                or confidence is under its minimum), ``None`` = :meth:`default_refer`.
+                OOD score is under its threshold), ``"selective"`` (refer unless the confidence
+                reaches the threshold calibrated for ``accepted_accuracy`` and the image is
+                not out of distribution), ``"agreement"`` (refer when member agreement or
+                confidence is under its minimum), ``None`` = :meth:`default_refer`.
             min_agreement: the agreement rule's minimum share of members voting for the class.
             min_confidence: the agreement rule's minimum probability.
+            accepted_accuracy: the selective rule's guaranteed accuracy on accepted images,
+                one of those fit-stacker calibrated; ``None`` = the one it was asked for.
             tta: average each member over the 8 dihedral views.
             batch_size: images per forward pass.
 
@@ -420,7 +445,9 @@ class FittedEnsemble:
             ConfigError: an unknown ``refer``, a bad ``alpha`` or threshold.
             RunError: ``refer="conformal"`` on a run fitted before prediction sets.
         """
-        refer, alpha = self.referral_settings(alpha, refer, min_agreement, min_confidence)
+        refer, alpha = self.referral_settings(
+            alpha, refer, min_agreement, min_confidence, accepted_accuracy
+        )
         outputs = self._as_outputs(images, tta, batch_size)
         probabilities = self.combine(outputs)
         sets = None
@@ -432,6 +459,8 @@ class FittedEnsemble:
             flagged = scores > self.ood_threshold
         if refer == "conformal":
             abstain = conformal_referral(probabilities, sets, flagged)
+        elif refer == "selective":
+            abstain = ~self._selective(None).accept(probabilities, accepted_accuracy, flagged)
         else:
             abstain = agreement_referral(
                 probabilities, outputs.votes, min_agreement, min_confidence
@@ -453,6 +482,7 @@ class FittedEnsemble:
         refer: str | None = None,
         min_agreement: float = 0.5,
         min_confidence: float = 0.5,
+        accepted_accuracy: float | None = None,
     ) -> tuple[str, float | None]:
         """The rule and alpha :meth:`decide` will use, checked before any image is read.
 
@@ -461,9 +491,10 @@ class FittedEnsemble:
             miss rate (``None`` resolved to the calibrated default; ``None`` if not calibrated).
 
         Raises:
-            ConfigError: an unknown ``refer``, ``alpha`` outside ``(0, 1)``, or a threshold
-                outside ``[0, 1]``.
-            RunError: ``refer="conformal"`` on a run fitted before prediction sets.
+            ConfigError: an unknown ``refer``, ``alpha`` outside ``(0, 1)``, a threshold
+                outside ``[0, 1]``, or an ``accepted_accuracy`` that was not calibrated.
+            RunError: ``refer="conformal"`` on a run fitted before prediction sets, or
+                ``refer="selective"`` on one fitted before selective thresholds.
         """
         for name, value in (("min_agreement", min_agreement), ("min_confidence", min_confidence)):
             if not 0.0 <= value <= 1.0:
@@ -475,6 +506,8 @@ class FittedEnsemble:
         if alpha is not None:
             check_rate(alpha, "alpha")
         refer = refer or self.default_refer(alpha)
+        if refer == "selective" or accepted_accuracy is not None:
+            self._selective(None).resolve_target(accepted_accuracy)
         if refer == "conformal" and not self.conformal:
             raise RunError(
                 f"run {self.run.root} has no prediction sets (fitted before them). Run "
@@ -525,13 +558,24 @@ class FittedEnsemble:
             )
         return self.conformal[self._resolve(combiner) if combiner else self.combiner]
 
+    def _selective(self, combiner: str | None) -> SelectiveClassifier:
+        if not self.selective:
+            raise RunError(
+                f"run {self.run.root} has no selective thresholds (fitted before them). Run "
+                "`ensemble fit-stacker` again."
+            )
+        return self.selective[self._resolve(combiner) if combiner else self.combiner]
+
     def _ovr_members(self) -> list[str]:
         return [name for name in self.members if self.run.member_spec(name).kind == "ovr"]
 
     def _resolve(self, combiner: str) -> str:
         choices = self.choices()
         if combiner not in choices:
-            raise ConfigError(f"unknown combiner {combiner!r}. Choose from {choices}")
+            raise ConfigError(
+                f"unknown combiner {combiner!r}.{did_you_mean(combiner, choices)} Choose from "
+                f"{self.choice_summary()}"
+            )
         return self._ovr_members()[0] if combiner == "ovr" else combiner
 
 

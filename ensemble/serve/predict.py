@@ -179,6 +179,7 @@ def prepare_prediction(
     alpha: float | None = None,
     refer: str | None = None,
     ensemble: Ensemble | FittedEnsemble | None = None,
+    accepted_accuracy: float | None = None,
 ) -> PredictionJob:
     """List the files, load the ensemble, check the settings and print their warnings.
 
@@ -204,11 +205,14 @@ def prepare_prediction(
         "refer": refer,
         "min_agreement": min_agreement,
         "min_confidence": min_confidence,
+        "accepted_accuracy": accepted_accuracy,
         "tta": tta,
         "batch_size": batch_size,
     }
     # Checked before any image is decoded.
-    rule, resolved_alpha = fitted.referral_settings(alpha, refer, min_agreement, min_confidence)
+    rule, resolved_alpha = fitted.referral_settings(
+        alpha, refer, min_agreement, min_confidence, accepted_accuracy
+    )
     settings["refer"] = rule
     for warning in _warnings(fitted, tta, alpha, asked=refer, rule=rule):
         print(warning, file=sys.stderr)
@@ -228,6 +232,7 @@ def predict_folder(
     alpha: float | None = None,
     refer: str | None = None,
     ensemble: Ensemble | FittedEnsemble | None = None,
+    accepted_accuracy: float | None = None,
 ) -> Predictions:
     """Predict every file under ``folder`` (recursively); see the module docstring.
 
@@ -245,9 +250,12 @@ def predict_folder(
             prediction.
         min_confidence: the agreement rule: refer under this combiner probability.
         alpha: miss rate of the prediction sets; ``None`` = the calibrated default (0.01).
-        refer: ``"conformal"`` or ``"agreement"`` (see the module docstring); ``None`` =
-            conformal when the run is calibrated for ``alpha``, else agreement (with a warning).
+        refer: ``"conformal"``, ``"selective"`` or ``"agreement"`` (see the module docstring);
+            ``None`` = conformal when the run is calibrated for ``alpha``, else agreement (with
+            a warning).
         ensemble: an already loaded ensemble (``run_root`` and ``combiner`` are then ignored).
+        accepted_accuracy: the selective rule's guaranteed accuracy on accepted images (one
+            fit-stacker calibrated); ``None`` = the one it was asked for.
 
     Returns:
         One row per file; ``Predictions.seconds`` counts from the first file, after loading.
@@ -269,6 +277,7 @@ def predict_folder(
         alpha=alpha,
         refer=refer,
         ensemble=ensemble,
+        accepted_accuracy=accepted_accuracy,
     )
     result = Predictions(job.members, job.classes, job.header)
     began = time.perf_counter()
@@ -394,6 +403,7 @@ def _header(fitted: FittedEnsemble, alpha: float | None, refer: str, settings: d
         "refer": refer,
         "min_agreement": settings["min_agreement"],
         "min_confidence": settings["min_confidence"],
+        "accepted_accuracy": _accepted_accuracy(fitted, refer, settings["accepted_accuracy"]),
         "ood_threshold": fitted.ood_threshold,
         "ood_method": fitted.ood.method if fitted.ood is not None else None,
         "conformal_score": fitted.conformal[fitted.combiner].score if fitted.conformal else None,
@@ -403,6 +413,13 @@ def _header(fitted: FittedEnsemble, alpha: float | None, refer: str, settings: d
         "members": list(fitted.members),
         "package_version": __version__,
     }
+
+
+def _accepted_accuracy(fitted: FittedEnsemble, refer: str, asked: float | None) -> float | None:
+    """The selective rule's guaranteed accepted accuracy (``None`` under the other rules)."""
+    if refer != "selective":
+        return None
+    return fitted.selective[fitted.combiner].resolve_target(asked)
 
 
 def _warnings(
