@@ -198,3 +198,33 @@ def test_decide_sets_match_predict_sets(fitted_ci_run, synthetic_folder, alpha):
     decisions = fitted.decide(paths, alpha=alpha)
     assert decisions.refer == "conformal" and decisions.alpha == alpha
     np.testing.assert_array_equal(decisions.sets, fitted.predict_sets(paths, alpha))
+
+
+def test_referral_reasons_name_each_cause_and_leave_accepted_images_blank():
+    from ensemble.refer.rule import referral_reasons
+
+    abstain = np.array([True, True, True, False, True])
+    reasons = referral_reasons(
+        abstain,
+        flagged=np.array([True, False, False, False, False]),
+        set_sizes=np.array([1, 3, 0, 1, 2]),
+        low_confidence=np.array([False, False, False, True, True]),
+    )
+    assert reasons == [
+        "unlike the training images",
+        "several classes possible",
+        "no class fits",
+        "",
+        "several classes possible; not confident enough",
+    ]
+
+
+@pytest.mark.parametrize("refer", ["conformal", "agreement"])
+def test_every_referred_image_says_why(fitted_ci_run, synthetic_folder, refer):
+    from ensemble.serve.fitted import FittedEnsemble
+
+    fitted = FittedEnsemble.load(fitted_ci_run)
+    paths = sorted((synthetic_folder / "monocyte").iterdir())[:6]
+    decisions = fitted.decide(paths, refer=refer, alpha=0.5, min_agreement=0.99)
+    for referred, reason in zip(decisions.abstain, decisions.reasons, strict=True):
+        assert bool(reason) == bool(referred)

@@ -57,3 +57,44 @@ def agreement_referral(
     predicted = probabilities.argmax(axis=1)
     agreement = (votes == predicted[None, :]).mean(axis=0)
     return (agreement < min_agreement) | (probabilities.max(axis=1) < min_confidence)
+
+
+#: Why an image was referred, in the words a reviewer reads on its card.
+UNLIKE_TRAINING = "unlike the training images"
+SEVERAL_CLASSES = "several classes possible"
+NO_CLASS = "no class fits"
+NOT_CONFIDENT = "not confident enough"
+MEMBERS_DISAGREE = "members disagree"
+
+
+def referral_reasons(
+    abstain: np.ndarray,
+    *,
+    flagged: np.ndarray | None = None,
+    set_sizes: np.ndarray | None = None,
+    low_confidence: np.ndarray | None = None,
+    low_agreement: np.ndarray | None = None,
+) -> list[str]:
+    """For each image, why it was referred (``""`` for an accepted one), reasons joined by "; ".
+
+    Args:
+        abstain: ``(N,)`` which images were referred.
+        flagged: ``(N,)`` out of distribution (the OOD score above its threshold).
+        set_sizes: ``(N,)`` classes in each prediction set (the conformal rule).
+        low_confidence: ``(N,)`` confidence under what the rule needs (selective, agreement).
+        low_agreement: ``(N,)`` member agreement under its minimum (the agreement rule).
+    """
+    checks = []
+    if flagged is not None:
+        checks.append((np.asarray(flagged, bool), UNLIKE_TRAINING))
+    if set_sizes is not None:
+        checks.append((np.asarray(set_sizes) > 1, SEVERAL_CLASSES))
+        checks.append((np.asarray(set_sizes) == 0, NO_CLASS))
+    if low_confidence is not None:
+        checks.append((np.asarray(low_confidence, bool), NOT_CONFIDENT))
+    if low_agreement is not None:
+        checks.append((np.asarray(low_agreement, bool), MEMBERS_DISAGREE))
+    return [
+        "; ".join(reason for mask, reason in checks if mask[index]) if referred else ""
+        for index, referred in enumerate(np.asarray(abstain, bool))
+    ]

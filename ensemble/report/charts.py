@@ -343,6 +343,44 @@ def coverage_plot(series: Sequence[dict]) -> str:
     return _svg(frame, "".join(parts), "accuracy when low-agreement images are referred")
 
 
+def referral_curve_plot(
+    curves: dict[str, Sequence[dict]], chosen: dict | None, title: str = ""
+) -> str:
+    """Accuracy on accepted images against the share referred, one line per model.
+
+    Args:
+        curves: model name → ``[{"referred", "accuracy"}]`` (the least confident referred).
+        chosen: ``{"name", "referred", "accuracy", "label"}``: the selective rule's point,
+            marked; or ``None``.
+        title: what the images are (clean, shifted, zoomed).
+    """
+    values = [p["accuracy"] for points in curves.values() for p in points]
+    if chosen and chosen.get("accuracy") is not None:
+        values.append(chosen["accuracy"])
+    low = max(0.0, math.floor((min(values, default=0.9) - 0.005) * 100) / 100)
+    frame = Frame(420, 260, (0.0, 0.5), (low, 1.0), margin=(26, 12, 34, 48))
+    parts = [
+        frame.x_axis([0.0, 0.1, 0.2, 0.3, 0.4, 0.5], "{:.0%}", "share of images referred"),
+        frame.y_axis(nice_ticks(low, 1.0, 4), "{:.3f}"),
+    ]
+    legend = []
+    for index, (name, points) in enumerate(curves.items()):
+        colour = PALETTE[index % len(PALETTE)]
+        xy = [(frame.x(p["referred"]), frame.y(p["accuracy"])) for p in points]
+        parts.append(_polyline(xy, colour))
+        legend.append((name, colour, "line"))
+    if chosen and chosen.get("accuracy") is not None:
+        x, y = frame.x(min(chosen["referred"], 0.5)), frame.y(chosen["accuracy"])
+        tip = (
+            f"{chosen['label']}: {chosen['referred']:.1%} referred, accuracy on accepted "
+            f"{chosen['accuracy']:.4f}"
+        )
+        parts.append(f"<g><title>{escape(tip)}</title>{_marker('diamond', x, y, '#000', 6)}</g>")
+        legend.append((chosen["label"], "#000", "diamond"))
+    parts.append(_legend(frame.left, 12, legend[:8]))
+    return _svg(frame, "".join(parts), f"accuracy on accepted images, {title}")
+
+
 # SVG pieces.
 
 

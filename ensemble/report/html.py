@@ -20,6 +20,7 @@ from ensemble.report.charts import (
     copies_plot,
     coverage_plot,
     forest_plot,
+    referral_curve_plot,
     reliability_plot,
     training_curves,
 )
@@ -608,10 +609,11 @@ def _referral(metrics: dict, thumbnails: dict) -> str:
         return _generic(referral)
     target = referral.get("target_coverage")
     lines = [
+        _selective(referral.get("selective"), metrics),
         f"<p>Prediction sets of <b>{escape(referral.get('combiner', ''))}</b> at alpha = "
         f"{referral.get('alpha', float('nan')):g} (target coverage {target:.1%}). An image is "
         "accepted only when its set is exactly the predicted class (and it is not out of "
-        "distribution); every other image is referred.</p>"
+        "distribution); every other image is referred.</p>",
     ]
     coverage_rows = [
         [
@@ -665,6 +667,52 @@ def _referral(metrics: dict, thumbnails: dict) -> str:
         )
     )
     return "".join(lines)
+
+
+def _selective(selective: dict | None, metrics: dict) -> str:
+    """The lab's question first: the selective rule's targets, bounds and realised values."""
+    if not selective or not selective.get("targets"):
+        return ""
+    first = selective["targets"][0]
+    image_sets = list(first["image_sets"])
+    parts = [
+        f"<h3>Accept only what is right</h3><p><code>--refer selective</code> accepts an "
+        f"image when <b>{escape(selective['combiner'])}</b>'s {escape(selective['score'])} "
+        "reaches a threshold calibrated so that the accuracy on accepted images is at least "
+        f"the target with probability {1 - selective['delta']:g}. <i>Guaranteed</i> is the "
+        "bound from the calibration images; the rest is what happened here.</p>"
+    ]
+    rows = []
+    for entry in selective["targets"]:
+        guaranteed = [value for value in entry["guaranteed"] if value is not None]
+        row = [
+            f"{entry['target']:g}",
+            f"{min(guaranteed):.4f}" if guaranteed else "-",
+            f"{entry['calibration_accepted']} of {entry['calibration_n']}",
+        ]
+        for name in image_sets:
+            values = entry["image_sets"][name]
+            accuracy = values["accepted_accuracy"]
+            row += [_percent(values["referred"]), "-" if accuracy is None else f"{accuracy:.4f}"]
+        rows.append(row)
+    heads = ["target", "guaranteed", "calibration accepted"]
+    for name in image_sets:
+        heads += [f"{name}: referred", f"{name}: accuracy on accepted"]
+    parts.append(_table(heads, rows))
+    combiners = [name for name in metrics.get("combiners", []) if name in metrics["models"]]
+    charts = []
+    for name in image_sets:
+        curves = selective["curves"].get(name, {})
+        shown = {model: curves[model] for model in curves if model in combiners} or curves
+        values = first["image_sets"][name]
+        chosen = {
+            "referred": values["referred"],
+            "accuracy": values["accepted_accuracy"],
+            "label": f"selective {first['target']:g}",
+        }
+        charts.append(referral_curve_plot(shown, chosen, name))
+    parts.append(f'<div class="charts">{"".join(charts)}</div>')
+    return "".join(parts)
 
 
 def _skipped(metrics: dict, thumbnails: dict) -> str:

@@ -57,7 +57,8 @@ def referral_metrics(
         ``trade_off`` (per image set, per alpha: coverage, set size, referral, accepted
         accuracy), ``referral`` (per group: clean, each shift kind, zoom; share of all images
         and of the wrong answers referred, by either rule) and ``below_target`` (image sets
-        whose coverage falls below the target).
+        whose coverage falls below the target), ``selective`` (``None`` for a run fitted
+        before it: see :func:`_selective_settings` and :func:`_add_selective`).
     """
     if not ensemble.conformal:
         return {"calibrated": False}
@@ -98,11 +99,14 @@ def referral_metrics(
             "threshold": ensemble.ood_threshold,
             "n_calibration": len(ensemble.ood.calibration_scores_),
         }
+    result["selective"] = _selective_settings(ensemble)
     for name, (outputs, truth, kinds) in image_sets.items():
         probabilities = ensemble.combine(outputs)
         flagged = None
         if ensemble.ood is not None:
             flagged = ensemble.ood_from_outputs(outputs) > ensemble.ood_threshold
+        if result["selective"] is not None:
+            _add_selective(result["selective"], name, ensemble, outputs, truth, flagged)
         sets = ensemble.sets_from_probabilities(probabilities, alpha)
         result["coverage"][name] = _coverage(sets, truth, ensemble.classes)
         result["trade_off"][name] = [
@@ -133,6 +137,104 @@ def referral_metrics(
         if result["coverage"][name]["coverage"] < 1.0 - alpha:
             result["below_target"].append(name)
     return result
+
+
+#: Shares of images referred at which the referral curves are drawn.
+REFERRAL_SHARES = tuple(round(0.01 * step, 2) for step in range(51))
+
+
+def _selective_settings(ensemble: FittedEnsemble) -> dict | None:
+    """The selective rule of the default combiner as calibrated: targets, bounds, thresholds."""
+    if not ensemble.selective:
+        return None
+    selective = ensemble.selective[ensemble.combiner]
+    targets = []
+    for target in selective.targets:
+        calibration = selective.calibration_[target]
+        rows = calibration if selective.per_class else [calibration]
+        n_accepted = sum(row["n_accepted"] for row in rows)
+        n_wrong = sum(row["n_wrong"] for row in rows)
+        targets.append(
+            {
+                "target": target,
+                "calibration_n": sum(row["n"] for row in rows),
+                "calibration_accepted": n_accepted,
+                "calibration_accuracy": _number(1 - n_wrong / n_accepted) if n_accepted else None,
+                "guaranteed": [
+                    _number(1 - row["error_bound"]) if row["n_accepted"] else None for row in rows
+                ],
+                "image_sets": {},
+            }
+        )
+    return {
+        "combiner": ensemble.combiner,
+        "delta": selective.delta,
+        "score": selective.score,
+        "per_class": selective.per_class,
+        "targets": targets,
+        "curves": {},
+    }
+
+
+def _add_selective(
+    record: dict,
+    image_set: str,
+    ensemble: FittedEnsemble,
+    outputs: MemberOutputs,
+    labels: np.ndarray,
+    flagged: np.ndarray | None,
+) -> None:
+    """What the selective rule did on one image set, and every model's referral curve there.
+
+    Per target: the share referred, the accuracy on accepted images, the share of wrong
+    answers referred, and per predicted class the same. The curves: for every combiner and
+    member, the accuracy on the images kept when the least confident ``share`` are referred.
+    """
+    selective = ensemble.selective[ensemble.combiner]
+    probabilities = ensemble.combine(outputs)
+    predicted = probabilities.argmax(axis=1)
+    correct = predicted == labels
+    for entry in record["targets"]:
+        accepted = selective.accept(probabilities, entry["target"], flagged)
+        per_class = []
+        for index, name in enumerate(ensemble.classes):
+            rows = predicted == index
+            per_class.append(
+                {
+                    "class": name,
+                    "n_predicted": int(rows.sum()),
+                    "referred": _ratio(rows & ~accepted, rows),
+                    "accepted_accuracy": _ratio(rows & accepted & correct, rows & accepted),
+                }
+            )
+        entry["image_sets"][image_set] = {
+            "n_images": int(len(labels)),
+            "referred": float(1 - accepted.mean()),
+            "accepted_accuracy": _ratio(accepted & correct, accepted),
+            "wrong_referred": _ratio(~correct & ~accepted, ~correct),
+            "per_class": per_class,
+        }
+    record["curves"][image_set] = {
+        name: _curve(model_probabilities, labels)
+        for name, model_probabilities in ensemble.combine_all(outputs).items()
+    }
+
+
+def _curve(probabilities: np.ndarray, labels: np.ndarray) -> list[dict]:
+    """Accuracy on the images kept when the least confident ``share`` are referred."""
+    order = np.argsort(-probabilities.max(axis=1), kind="stable")
+    correct = (probabilities.argmax(axis=1) == labels)[order]
+    points = []
+    for share in REFERRAL_SHARES:
+        kept = max(1, int(round(len(labels) * (1 - share))))
+        points.append({"referred": share, "accuracy": float(correct[:kept].mean())})
+    return points
+
+
+def _ratio(part: np.ndarray, whole: np.ndarray) -> float | None:
+    """``part.sum() / whole.sum()``, ``None`` for an empty whole."""
+    total = int(np.sum(whole))
+    return float(np.sum(part) / total) if total else None
 
 
 def _coverage(sets: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
@@ -207,6 +309,7 @@ def render_section(metrics: dict) -> list[str]:
             "The run's combiners were fitted before prediction sets existed: run "
             "`ensemble fit-stacker` again to see coverage and referral here."
         ]
+    lines += render_selective(referral.get("selective"))
     alpha, target = referral["alpha"], referral["target_coverage"]
     conformal, ood = referral["conformal"], referral["ood"]
     mondrian = ", one threshold per class (Mondrian)" if conformal["mondrian"] else ""
@@ -338,3 +441,60 @@ def _percent(value: float | None) -> str:
 
 def _maybe(value: float | None) -> str:
     return "- (none accepted)" if value is None else f"{value:.4f}"
+
+
+def render_selective(selective: dict | None) -> list[str]:
+    """The lab's question first: how many accepted answers are wrong, how many are referred.
+
+    One row per calibrated accepted accuracy: the guaranteed accuracy (the lower
+    ``1 − delta`` bound from the calibration images), and the realised share referred and
+    accuracy on accepted images on each image set; then the default target per predicted class.
+    """
+    if not selective:
+        return []
+    image_sets = (
+        list(next(iter(selective["targets"]))["image_sets"]) if selective["targets"] else []
+    )
+    lines = [
+        "### Accept only what is right: the selective rule",
+        "",
+        f"`--refer selective` accepts an image when **{selective['combiner']}**'s "
+        f"{selective['score']} reaches a threshold calibrated so that the accuracy on accepted "
+        f"images is at least the target with probability {1 - selective['delta']:g} "
+        "(exact binomial tests in a fixed sequence on the calibration half of blend, the order "
+        "fixed on val; out-of-distribution images are never accepted)"
+        + (", one threshold per predicted class" if selective["per_class"] else "")
+        + ". *Guaranteed* is the lower bound the calibration images give; the other columns "
+        "are what happened on this report's images.",
+        "",
+        "| target | guaranteed (calibration) | calibration accepted | "
+        + " | ".join(f"{name}: referred | {name}: accuracy on accepted" for name in image_sets)
+        + " |",
+        "|---|---|---|" + "---|---|" * len(image_sets),
+    ]
+    for entry in selective["targets"]:
+        guaranteed = [value for value in entry["guaranteed"] if value is not None]
+        cells = [
+            f"{entry['target']:g}",
+            _maybe(min(guaranteed)) if guaranteed else "-",
+            f"{entry['calibration_accepted']} of {entry['calibration_n']}",
+        ]
+        for name in image_sets:
+            values = entry["image_sets"][name]
+            cells += [_percent(values["referred"]), _maybe(values["accepted_accuracy"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    first = selective["targets"][0] if selective["targets"] else None
+    if first and "clean" in first["image_sets"]:
+        lines += [
+            "",
+            f"Per predicted class at target {first['target']:g}, clean images:",
+            "",
+            "| predicted class | n | referred | accuracy on accepted |",
+            "|---|---|---|---|",
+        ]
+        for row in first["image_sets"]["clean"]["per_class"]:
+            lines.append(
+                f"| {row['class']} | {row['n_predicted']} | {_percent(row['referred'])} | "
+                f"{_maybe(row['accepted_accuracy'])} |"
+            )
+    return lines + [""]

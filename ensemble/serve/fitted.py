@@ -40,7 +40,12 @@ from ensemble.refer.conformal import (
     minimum_calibration_size,
 )
 from ensemble.refer.ood import OodDetector
-from ensemble.refer.rule import REFER_RULES, agreement_referral, conformal_referral
+from ensemble.refer.rule import (
+    REFER_RULES,
+    agreement_referral,
+    conformal_referral,
+    referral_reasons,
+)
 from ensemble.refer.selective import SelectiveClassifier
 from ensemble.run.directory import RunDir
 
@@ -60,8 +65,10 @@ class Decisions:
         ood_scores: ``(N,)`` how unlike the clean images each image is (``None``: no detector).
         out_of_distribution: ``(N,)`` OOD score above the calibrated threshold (or ``None``).
         abstain: ``(N,)`` referred to a human, by the ``refer`` rule.
-        refer: ``"conformal"`` or ``"agreement"``: the rule ``abstain`` follows.
+        refer: ``"conformal"``, ``"selective"`` or ``"agreement"``: the rule ``abstain``
+            follows.
         alpha: the miss rate of the sets (``None`` if not calibrated).
+        reasons: why each image was referred, in a reviewer's words (``""`` if accepted).
     """
 
     probabilities: np.ndarray
@@ -72,6 +79,7 @@ class Decisions:
     abstain: np.ndarray
     refer: str
     alpha: float | None
+    reasons: list[str] | None = None
 
     @property
     def predictions(self) -> np.ndarray:
@@ -459,11 +467,20 @@ class FittedEnsemble:
             flagged = scores > self.ood_threshold
         if refer == "conformal":
             abstain = conformal_referral(probabilities, sets, flagged)
+            reasons = referral_reasons(abstain, flagged=flagged, set_sizes=sets.sum(axis=1))
         elif refer == "selective":
-            abstain = ~self._selective(None).accept(probabilities, accepted_accuracy, flagged)
+            confident = self._selective(None).accept(probabilities, accepted_accuracy)
+            abstain = ~confident if flagged is None else ~confident | flagged
+            reasons = referral_reasons(abstain, flagged=flagged, low_confidence=~confident)
         else:
             abstain = agreement_referral(
                 probabilities, outputs.votes, min_agreement, min_confidence
+            )
+            agreement = (outputs.votes == probabilities.argmax(axis=1)[None, :]).mean(axis=0)
+            reasons = referral_reasons(
+                abstain,
+                low_confidence=probabilities.max(axis=1) < min_confidence,
+                low_agreement=agreement < min_agreement,
             )
         return Decisions(
             probabilities=probabilities,
@@ -474,6 +491,7 @@ class FittedEnsemble:
             abstain=abstain,
             refer=refer,
             alpha=alpha,
+            reasons=reasons,
         )
 
     def referral_settings(

@@ -134,7 +134,7 @@ def prediction_cards(rows: Sequence[dict], classes: Sequence[str], members: Sequ
             true=None,
         )
         card["predicted"], card["confidence"] = row["prediction"], confidence
-        for extra in ("prediction_set", "set_size", "ood_score"):
+        for extra in ("referral_reason", "prediction_set", "set_size", "ood_score"):
             if row.get(extra) not in (None, ""):
                 card[extra] = row[extra]
         if str(row.get("out_of_distribution", "")).lower() == "true":
@@ -362,7 +362,12 @@ def _card_html(card: dict, classes: Sequence[str], image: str | None, review: bo
     if wrong:
         flags.append('<span class="tag wrong">wrong</span>')
     if card["referred"]:
-        flags.append('<span class="tag">referred</span>')
+        why = card.get("referral_reason")
+        flags.append(
+            f'<span class="tag" title="why it was referred">referred: {escape(why)}</span>'
+            if why
+            else '<span class="tag">referred</span>'
+        )
     if card.get("prediction_set"):
         members = str(card["prediction_set"]).replace("|", ", ")
         flags.append(f'<span class="tag" title="prediction set">set: {escape(members)}</span>')

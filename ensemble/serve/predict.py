@@ -50,7 +50,13 @@ from ensemble.serve.prediction_files import (
 
 FIXED_COLUMNS = ("path", "prediction", "confidence", "agreement", "abstain", "error")
 #: After the fixed columns: the referral's evidence. Then ``proba_<class>``, ``vote_<member>``.
-REFERRAL_COLUMNS = ("prediction_set", "set_size", "ood_score", "out_of_distribution")
+REFERRAL_COLUMNS = (
+    "referral_reason",
+    "prediction_set",
+    "set_size",
+    "ood_score",
+    "out_of_distribution",
+)
 
 #: A file as the members take it: its pixels at every input size, or why it cannot be read.
 Decoded = dict[int, np.ndarray] | str
@@ -381,6 +387,8 @@ def _fill_row(row: dict, decisions: Decisions, index: int, fitted: FittedEnsembl
     row["confidence"] = float(decisions.confidence[index])
     row["agreement"] = float(decisions.agreement[index])
     row["abstain"] = bool(decisions.abstain[index])
+    if decisions.reasons is not None:
+        row["referral_reason"] = decisions.reasons[index]
     if decisions.sets is not None:
         members = np.flatnonzero(decisions.sets[index])
         row["prediction_set"] = "|".join(classes[k] for k in members)
