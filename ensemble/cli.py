@@ -476,7 +476,8 @@ def predict(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Output file (default predictions.csv, or predictions.json with --json)."
+            help="Output file; '-' = standard output (default: predictions.csv, or "
+            "predictions.json with --json; none with --html alone)."
         ),
     ] = None,
     json_output: Annotated[
@@ -542,7 +543,7 @@ def predict(
     row with the reason and a line on stderr), 2 for bad options or an unusable run.
     """
     from ensemble.serve.predict import Predictions, iter_prediction_rows, prepare_prediction
-    from ensemble.serve.prediction_files import default_output, write_rows
+    from ensemble.serve.prediction_files import STDOUT, RowTally, default_output, write_rows
 
     if batch_size < 1:
         raise typer.BadParameter(f"--batch-size must be >= 1. Received: {batch_size}")
@@ -570,19 +571,26 @@ def predict(
         rows = iter_prediction_rows_on_ray(job, address=ray_address, num_cpus=num_cpus)
     else:
         rows = iter_prediction_rows(job)
-    out = default_output(out, json_output)
-    tally = write_rows(
-        rows,
-        out,
-        columns=job.columns(),
-        header=job.header,
-        as_json=json_output,
-        keep_rows=html is not None,  # the review page needs them
-    )
+    if html is not None and out is None and not json_output:  # the page only: no CSV unasked
+        tally = RowTally(rows=[])
+        for _ in tally.count(rows):
+            pass
+        where = str(html)
+    else:
+        out = default_output(out, json_output)
+        tally = write_rows(
+            rows,
+            out,
+            columns=job.columns(),
+            header=job.header,
+            as_json=json_output,
+            keep_rows=html is not None,  # the review page needs them
+        )
+        where = "standard output" if str(out) == STDOUT else str(out)
     rate = tally.n_predicted / max(tally.seconds, 1e-9)
     typer.echo(
         f"{tally.n_predicted} predicted, {tally.n_skipped} skipped, {tally.seconds:.1f} s, "
-        f"{rate:.0f} img/s → {out}",
+        f"{rate:.0f} img/s → {where}",
         err=True,
     )
     if html:

@@ -73,3 +73,99 @@ def test_an_unknown_combiner_gets_a_close_match(fitted_ci_run, synthetic_folder,
     assert code == 2
     assert "error: unknown combiner 'stak'. Did you mean 'stack'? Choose from the combiners" in err
     assert "('ovr' = the first one-vs-rest member)" in err
+
+
+# --- output formats ------------------------------------------------------------------------------
+
+
+def test_json_rows_are_in_natural_types(fitted_ci_run, synthetic_folder, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "p.json"
+    folder = synthetic_folder / "platelet"
+    code, _, err = run_cli(
+        ["predict", folder, "--run", fitted_ci_run, "--json", "--out", out], capsys
+    )
+    assert code == 0, err
+    document = json.loads(out.read_text())
+    row = document["predictions"][0]
+    classes, members = document["header"]["classes"], document["header"]["members"]
+    assert isinstance(row["prediction_set"], list) and set(row["prediction_set"]) <= set(classes)
+    assert list(row["probabilities"]) == classes
+    assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+    assert list(row["votes"]) == members
+    assert not any(key.startswith(("proba_", "vote_")) for key in row)
+
+
+def test_out_dash_streams_to_stdout(fitted_ci_run, synthetic_folder, tmp_path, capsys):
+    import json
+
+    folder = synthetic_folder / "platelet"
+    base = ["predict", folder, "--run", fitted_ci_run, "--out", "-"]
+    code, out, err = run_cli([*base, "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["header"]["n_predicted"] == 12 and "→ standard output" in err
+    code, out, err = run_cli(base, capsys)
+    assert code == 0 and out.startswith("path,prediction,confidence,") and out.count("\n") == 13
+
+
+def test_html_alone_writes_only_the_page(
+    fitted_ci_run, synthetic_folder, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    folder = synthetic_folder / "platelet"
+    page = tmp_path / "review.html"
+    code, _, err = run_cli(["predict", folder, "--run", fitted_ci_run, "--html", page], capsys)
+    assert code == 0, err
+    assert page.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["review.html"]
+
+
+def test_every_csv_number_has_the_same_precision(fitted_ci_run, synthetic_folder, tmp_path, capsys):
+    import csv
+    import re
+
+    out = tmp_path / "p.csv"
+    folder = synthetic_folder / "platelet"
+    code, _, err = run_cli(["predict", folder, "--run", fitted_ci_run, "--out", out], capsys)
+    assert code == 0, err
+    row = next(csv.DictReader(out.open()))
+    numbers = [value for key, value in row.items() if re.fullmatch(r"-?\d+\.\d+", value or "")]
+    assert numbers and {len(value.split(".")[1]) for value in numbers} == {6}
+
+
+# --- the Python API ----------------------------------------------------------------------------
+
+
+def test_api_refuses_empty_input_in_words(fitted_ci_run):
+    from ensemble import Ensemble
+    from ensemble.core.errors import DataError
+
+    ens = Ensemble.load(fitted_ci_run)
+    with pytest.raises(DataError, match="no images given .*did a folder or a glob match nothing"):
+        ens.predict([])
+
+
+def test_api_warns_as_the_command_line_does(fitted_ci_run, synthetic_folder):
+    from ensemble import Ensemble
+
+    paths = sorted((synthetic_folder / "platelet").iterdir())[:2]
+    with pytest.warns(UserWarning, match="abstain follows member agreement and confidence"):
+        Ensemble.load(fitted_ci_run).decide(paths)
+
+
+def test_api_is_as_quiet_as_the_command_line(fitted_ci_run, synthetic_folder):
+    import subprocess
+    import sys
+
+    from tests.test_console import tensorflow_lines, user_environment
+
+    path = sorted((synthetic_folder / "platelet").iterdir())[0]
+    code = (
+        "from ensemble import Ensemble\n"
+        f"print(Ensemble.load({str(fitted_ci_run)!r}).predict([{str(path)!r}])[0])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=user_environment()
+    )
+    assert result.returncode == 0, result.stderr
+    assert tensorflow_lines(result.stderr) == [] and "cuInit" not in result.stderr

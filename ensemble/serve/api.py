@@ -15,11 +15,14 @@ Example:
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ensemble.combine.base import MemberOutputs
+from ensemble.core.console import quiet_console
 from ensemble.run.directory import RunDir
 from ensemble.serve.fitted import Decisions, FittedEnsemble, Images
 
@@ -58,6 +61,8 @@ class Ensemble:
                 says what to run).
             ConfigError: an unknown ``combiner`` (the message lists the choices).
         """
+        if not os.environ.get("ENSEMBLE_VERBOSE"):
+            quiet_console()  # as quiet as the command line, before TensorFlow loads a member
         return cls(FittedEnsemble.load(run_dir, combiner))
 
     @property
@@ -172,6 +177,10 @@ class Ensemble:
             ConfigError: an unknown ``refer``, a bad ``alpha`` or threshold.
             RunError: ``refer="conformal"`` on a run fitted before prediction sets.
         """
+        rule, _ = self.fitted_.referral_settings(
+            alpha, refer, min_agreement, min_confidence, accepted_accuracy
+        )
+        self._warn(tta, alpha, asked=refer, rule=rule)
         return self.fitted_.decide(
             images,
             alpha=alpha,
@@ -182,6 +191,11 @@ class Ensemble:
             tta=tta,
             batch_size=batch_size,
         )
+
+    def _warn(self, tta: bool, alpha: float | None, *, asked: str | None, rule: str) -> None:
+        """The command line's warnings (TTA mismatch, small calibration, rule fallen back to)."""
+        for line in self.fitted_.referral_warnings(tta, alpha, asked=asked, rule=rule):
+            warnings.warn(line.removeprefix("warning: ").removeprefix("note: "), stacklevel=3)
 
     def __repr__(self) -> str:
         return f"Ensemble(run={str(self.fitted_.run.root)!r}, combiner={self.combiner_!r})"

@@ -381,6 +381,38 @@ class FittedEnsemble:
             )
         return None
 
+    def referral_warnings(
+        self, tta: bool, alpha: float | None, *, asked: str | None, rule: str
+    ) -> list[str]:
+        """What ``predict`` and the API warn about, one line each (none when all is well).
+
+        A TTA setting other than the one the combiners were fitted with; prediction sets
+        calibrated on too few images for ``alpha``; the rule that ``abstain`` fell back to.
+
+        Args:
+            tta: whether the images will be test-time augmented.
+            alpha: the miss rate asked for (``None``: the calibrated default).
+            asked: the rule asked for (``None``: the default).
+            rule: the rule that will be used (:meth:`referral_settings`).
+        """
+        lines = [self.tta_warning(tta)]
+        if rule == "conformal":
+            lines.append(self.calibration_warning(alpha))
+        elif asked is None and not self.conformal:
+            lines.append(
+                f"note: run {self.run.root} was fitted before prediction sets: abstain follows "
+                "member agreement and confidence (run `ensemble fit-stacker` again for sets)"
+            )
+        elif asked is None:
+            small = self.calibration_warning(alpha)
+            if small:
+                lines.append(
+                    small.removesuffix(")")
+                    + "); abstain follows member agreement and confidence instead "
+                    "(--refer conformal would refer every image)"
+                )
+        return [line for line in lines if line]
+
     def default_refer(self, alpha: float | None = None) -> str:
         """``conformal`` when the sets are calibrated well enough for ``alpha``, else ``agreement``.
 
@@ -547,6 +579,11 @@ class FittedEnsemble:
             if missing:
                 raise DataError(f"images at sizes {missing} are missing. Received: {list(images)}")
             return {size: images[size] for size in sizes}
+        if len(images) == 0:
+            raise DataError(
+                "no images given (an empty list or array: did a folder or a glob match "
+                "nothing?). Pass image paths or a uint8 array (N, H, W, 3) with N >= 1."
+            )
         if not isinstance(images, np.ndarray):
             images = [_decode(path) for path in images]
         elif images.ndim != 4 or images.shape[-1] != 3:

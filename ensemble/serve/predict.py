@@ -220,7 +220,7 @@ def prepare_prediction(
         alpha, refer, min_agreement, min_confidence, accepted_accuracy
     )
     settings["refer"] = rule
-    for warning in _warnings(fitted, tta, alpha, asked=refer, rule=rule):
+    for warning in fitted.referral_warnings(tta, alpha, asked=refer, rule=rule):
         print(warning, file=sys.stderr)
     header = _header(fitted, resolved_alpha, rule, settings)
     return PredictionJob(folder, paths, ensemble, settings, header)
@@ -345,7 +345,7 @@ def rows_for_chunk(
     if good:
         sizes = sorted(good[0][1])
         images = {size: np.stack([outcome[size] for _, outcome in good]) for size in sizes}
-        decisions = ensemble.decide(images, **settings)
+        decisions = ensemble.fitted_.decide(images, **settings)  # warned once, before
         for index, (row, _) in enumerate(good):
             _fill_row(row, decisions, index, fitted)
     return rows
@@ -428,27 +428,6 @@ def _accepted_accuracy(fitted: FittedEnsemble, refer: str, asked: float | None) 
     if refer != "selective":
         return None
     return fitted.selective[fitted.combiner].resolve_target(asked)
-
-
-def _warnings(
-    fitted: FittedEnsemble, tta: bool, alpha: float | None, *, asked: str | None, rule: str
-) -> list[str]:
-    """One line each: TTA mismatch, a calibration too small, the rule it fell back to."""
-    lines = [fitted.tta_warning(tta)]
-    if rule == "conformal":
-        lines.append(fitted.calibration_warning(alpha))
-    elif asked is None and not fitted.conformal:
-        lines.append(
-            f"note: run {fitted.run.root} was fitted before prediction sets: abstain follows "
-            "member agreement and confidence (run `ensemble fit-stacker` again for sets)"
-        )
-    elif asked is None:
-        lines.append(fitted.calibration_warning(alpha))
-        lines.append(
-            "warning: so abstain follows member agreement and confidence (--refer conformal "
-            "refers every image instead)"
-        )
-    return [line for line in lines if line]
 
 
 def iter_files(folder: Path) -> Iterator[Path]:

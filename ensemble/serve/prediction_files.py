@@ -6,7 +6,8 @@ known only at the end, so its rows go first to an unnamed spool file in the same
 disappears when closed, even after SIGKILL); the header and then the spooled rows are copied
 into the temporary file. The temporary file is renamed to the output last
 (:func:`ensemble.core.fileio.atomic_write_with`): an interrupted run leaves the complete file or
-none. The bytes are those of ``json.dumps({"header": ..., "predictions": rows}, indent=1)``.
+none. The bytes are those of ``json.dumps({"header": ..., "predictions": rows}, indent=1)``, the
+rows in JSON's natural types (:func:`json_row`). ``out = "-"`` writes to standard output.
 
 Example:
     >>> tally = write_rows(rows, Path("p.csv"), columns=columns, header=header)  # doctest: +SKIP
@@ -28,10 +29,10 @@ from typing import TextIO
 
 from ensemble.core.fileio import atomic_write_with
 
-#: Decimals of each number in the CSV (JSON keeps every digit).
-CSV_DECIMALS = {"confidence": 4, "agreement": 3, "ood_score": 4}
-#: Decimals of the ``proba_<class>`` columns (and of any other number) in the CSV.
-PROBABILITY_DECIMALS = 6
+#: Decimals of every number in the CSV (JSON keeps every digit).
+CSV_DECIMALS = 6
+#: ``out`` that means standard output.
+STDOUT = "-"
 
 
 @dataclass
@@ -84,7 +85,7 @@ def write_rows(
 
     Args:
         rows: one dict per file, keys = ``columns``; consumed once, lazily.
-        out: the CSV or JSON file.
+        out: the CSV or JSON file; ``"-"``: standard output.
         columns: column order (CSV; JSON rows keep their own key order).
         header: JSON only: how the rows were made; ``n_predicted`` and ``n_skipped`` are added.
         as_json: JSON instead of CSV.
@@ -94,6 +95,9 @@ def write_rows(
         The counts and time, and the rows if kept.
     """
     tally = RowTally(rows=[] if keep_rows else None)
+    if str(out) == STDOUT:
+        _write_stdout(rows, columns=columns, header=header, as_json=as_json, tally=tally)
+        return tally
     out = Path(out)
 
     def write(temporary: str) -> None:
@@ -106,6 +110,20 @@ def write_rows(
 
     atomic_write_with(out, write)
     return tally
+
+
+def _write_stdout(
+    rows: Iterable[dict], *, columns: Sequence[str], header: dict, as_json: bool, tally: RowTally
+) -> None:
+    """:func:`write_rows` to standard output (CSV rows as they come; JSON after the last)."""
+    import sys
+
+    if not as_json:
+        write_csv(tally.count(rows), sys.stdout, columns)
+    else:
+        with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
+            write_json(tally.count(rows), sys.stdout, header, tally, spool)
+    sys.stdout.flush()
 
 
 def write_csv(rows: Iterable[dict], stream: TextIO, columns: Sequence[str]) -> None:
@@ -129,7 +147,7 @@ def write_json(
         spool: a readable and writable text file holding the rows until the header is known.
     """
     for number, row in enumerate(rows):
-        spool.write(("  " if number == 0 else ",\n  ") + _nested(row, depth=2))
+        spool.write(("  " if number == 0 else ",\n  ") + _nested(json_row(row), depth=2))
     counts = {"n_predicted": tally.n_predicted, "n_skipped": tally.n_skipped}
     stream.write('{\n "header": ' + _nested(header | counts, depth=1) + ',\n "predictions": ')
     if spool.tell() == 0:
@@ -143,15 +161,43 @@ def write_json(
 
 
 def csv_value(column: str, value) -> str:
-    """One CSV cell: empty for None, ``true``/``false``, numbers rounded per column."""
+    """One CSV cell: empty for None, ``true``/``false``, numbers to :data:`CSV_DECIMALS`."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
-        decimals = CSV_DECIMALS.get(column, PROBABILITY_DECIMALS)
-        return f"{value:.{decimals}f}"
+        return f"{value:.{CSV_DECIMALS}f}"
     return str(value)
+
+
+def json_row(row: dict) -> dict:
+    """A row in JSON's natural types: the set a list, probabilities and votes objects.
+
+    ``prediction_set`` ``"a|b"`` becomes ``["a", "b"]``; the ``proba_<class>`` columns become
+    ``"probabilities": {class: p}`` and the ``vote_<member>`` ones ``"votes": {member: class}``
+    (both ``null`` for an unreadable file), in column order.
+
+    Example:
+        >>> json_row({"path": "a.png", "prediction_set": "x|y", "proba_x": 0.6, "proba_y": 0.4})
+        {'path': 'a.png', 'prediction_set': ['x', 'y'], 'probabilities': {'x': 0.6, 'y': 0.4}}
+    """
+    result, probabilities, votes = {}, {}, {}
+    for key, value in row.items():
+        if key.startswith("proba_"):
+            probabilities[key[len("proba_") :]] = value
+        elif key.startswith("vote_"):
+            votes[key[len("vote_") :]] = value
+        elif key == "prediction_set":
+            result[key] = None if value is None else [name for name in value.split("|") if name]
+        else:
+            result[key] = value
+    if probabilities:
+        has_values = any(value is not None for value in probabilities.values())
+        result["probabilities"] = probabilities if has_values else None
+    if votes:
+        result["votes"] = votes if any(value is not None for value in votes.values()) else None
+    return result
 
 
 def _nested(value, depth: int) -> str:
