@@ -169,3 +169,19 @@ def test_api_is_as_quiet_as_the_command_line(fitted_ci_run, synthetic_folder):
     )
     assert result.returncode == 0, result.stderr
     assert tensorflow_lines(result.stderr) == [] and "cuInit" not in result.stderr
+
+
+# --- wording -------------------------------------------------------------------------------------
+
+
+def test_one_image_is_not_images():
+    from ensemble.report.markdown import verdict
+
+    text = verdict("hard", "soft", {"first_only": 1, "second_only": 0, "p_value": 1.0})
+    assert "(1 image right only by hard, 0 only by soft" in text
+
+
+def test_sizes_read_as_words():
+    from ensemble.report.build import _sizes
+
+    assert _sizes({32}) == "32 px" and _sizes({64, 32}) == "32 and 64 px"

@@ -110,3 +110,34 @@ def test_bad_pipelines(tmp_path, text, match):
     path.write_text(text)
     with pytest.raises(ConfigError, match=match):
         load_pipeline(path)
+
+
+@pytest.mark.parametrize("name", ["ci", "demo", "pbc-cpu", "pbc-cpu-students", "an2dl"])
+def test_a_copied_built_in_pipeline_finds_its_member_specs(name, tmp_path):
+    import shutil
+
+    from ensemble.recipes import recipes_root
+
+    copy = tmp_path / "mypipe.toml"
+    shutil.copy(recipes_root() / "pipelines" / f"{name}.toml", copy)
+    original = load_pipeline(recipes_root() / "pipelines" / f"{name}.toml")
+    assert load_pipeline(copy).members == original.members
+
+
+def test_ci_trains_from_a_copy_in_an_empty_folder(synthetic_folder, tmp_path, capsys):
+    import shutil
+
+    from ensemble.recipes import recipes_root
+    from tests.conftest import run_cli
+
+    shutil.copy(recipes_root() / "pipelines" / "ci.toml", tmp_path / "mypipe.toml")
+    args = ["train-members", "--pipeline", tmp_path / "mypipe.toml", "--only", "tiny-a"]
+    code, _, err = run_cli([*args, "--data", synthetic_folder, "--run", tmp_path / "run"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "run/members/tiny-a/model.keras").is_file()
+
+
+def test_a_member_spec_found_nowhere_names_every_place_looked(tmp_path):
+    (tmp_path / "p.toml").write_text('members = ["nowhere/x.toml"]\n')
+    with pytest.raises(ConfigError, match=r"member spec 'nowhere/x.toml' not found \(looked in"):
+        load_pipeline(tmp_path / "p.toml")

@@ -249,7 +249,8 @@ def member_spec_from_dict(table: dict[str, Any], source: str = "member spec") ->
 def load_pipeline(path: Path | str) -> PipelineSpec:
     """Read a pipeline TOML and the member specs it lists.
 
-    Member paths are relative to the pipeline file's folder or to the repository's ``members/``.
+    Member paths are relative to the pipeline file's folder, to a ``members/`` folder beside
+    it, or to the built-in member specs (see :func:`_find_member`).
     """
     path = Path(path)
     if not path.is_file():
@@ -322,7 +323,21 @@ def _check_teachers(member: MemberSpec, earlier: list[str], pipeline_path: Path)
 
 
 def _find_member(pipeline_path: Path, entry: str) -> Path:
-    candidates = [pipeline_path.parent / entry, pipeline_path.parent.parent / "members" / entry]
+    """A pipeline's member spec ``entry``, looked for in this order.
+
+    1. beside the pipeline file (``PIPELINE_DIR/entry``);
+    2. in a ``members/`` folder beside the pipeline's folder (``PIPELINE_DIR/../members/entry``,
+       the repository's layout);
+    3. among the built-in member specs (``ensemble.recipes``), so that a copy of a built-in
+       pipeline works from any folder.
+    """
+    from ensemble.recipes import recipes_root
+
+    candidates = [
+        pipeline_path.parent / entry,
+        pipeline_path.parent.parent / "members" / entry,
+        recipes_root() / "members" / entry,
+    ]
     for candidate in candidates:
         if candidate.is_file():
             return candidate

@@ -100,7 +100,7 @@ def report_on_split(
     images = {}
     if tta or shifted or zoomed:  # cached outputs need no pixels; TTA and the copies do
         sizes = {ensemble.input_size(name) for name in ensemble.members}
-        stage("report", f"decoding the {split_name} split at {sorted(sizes)} px")
+        stage("report", f"decoding the {split_name} split at {_sizes(sizes)}")
         images = {size: run.images(split_name, size)[0] for size in sizes}
     if tta:
         outputs = outputs_for_images(ensemble, images, tta=True)
@@ -112,7 +112,7 @@ def report_on_split(
             )
             for name in ensemble.members
         }
-    title = f"Run `{Path(run.root).name}`: members and combiners on the {split_name} split"
+    title = f"Members and combiners of run `{run.root}` on the {split_name} split"
     records = [run.dataset.records[i] for i in run.split.positions(run.dataset, split_name)]
     return _report_with_shift(
         ensemble,
@@ -171,7 +171,7 @@ def report_on_dataset(
     to_run = np.array([run_classes.index(name) for name in dataset.classes])
     labels = to_run[dataset.labels[keep]]
     outputs = outputs_for_images(ensemble, images, tta=tta)
-    title = f"Run `{Path(run_root).name}`: members and combiners on {dataset.root}"
+    title = f"Members and combiners of run `{run_root}` on {dataset.root}"
     records = [record for record, kept in zip(dataset.records, keep, strict=True) if kept]
     return _report_with_shift(
         ensemble,
@@ -619,3 +619,11 @@ def _as_member_outputs(ensemble: FittedEnsemble, outputs: dict[str, dict]) -> Me
         np.stack([outputs[name]["probabilities"] for name in names]),
         [outputs[name]["features"] for name in names],
     )
+
+
+def _sizes(sizes) -> str:
+    """``{32}`` → ``"32 px"``; ``{32, 64}`` → ``"32 and 64 px"``."""
+    ordered = [str(size) for size in sorted(sizes)]
+    if len(ordered) == 1:
+        return f"{ordered[0]} px"
+    return f"{', '.join(ordered[:-1])} and {ordered[-1]} px"

@@ -23,9 +23,10 @@ from ensemble.report.referral import render_section as _referral
 
 def verdict(first: str, second: str, test: dict, alpha: float = 0.05) -> str:
     """One sentence saying which of two models wins on the same images, with the evidence."""
+    first_only = test["first_only"]
     evidence = (
-        f"{test['first_only']} images right only by {first}, {test['second_only']} only by "
-        f"{second}, McNemar p = {test['p_value']:.3g}"
+        f"{first_only} image{'' if first_only == 1 else 's'} right only by {first}, "
+        f"{test['second_only']} only by {second}, McNemar p = {test['p_value']:.3g}"
     )
     if test["p_value"] >= alpha:
         return f"No significant difference between {first} and {second} ({evidence})."
