@@ -318,12 +318,14 @@ def fit_stacker(
         typer.Option(help="Seed of the blend halves, the cross-validation folds and XGBoost."),
     ] = 0,
     tta: Annotated[
-        bool,
+        bool | None,
         typer.Option(
+            "--tta/--no-tta",
             help="Fit on member outputs averaged over the 8 dihedral views (then predict and "
-            "report with --tta too)."
+            "report with --tta too). Default: the pipeline's [fit] table, else no.",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     score: Annotated[
         ConformalScore, typer.Option(help="Conformity score of the prediction sets.")
     ] = _DEFAULT_CONFORMAL_SCORE,
@@ -355,9 +357,13 @@ def fit_stacker(
         ),
     ] = None,
     delta: Annotated[
-        float,
-        typer.Option(help="Chance that a selective guarantee fails."),
-    ] = DEFAULT_DELTA,
+        float | None,
+        typer.Option(
+            help=f"Chance that a selective guarantee fails (default: the pipeline's [fit] "
+            f"table, else {DEFAULT_DELTA}).",
+            show_default=False,
+        ),
+    ] = None,
     selective_score: Annotated[
         SelectiveScore,
         typer.Option(help="What the selective rule thresholds."),
@@ -371,21 +377,23 @@ def fit_stacker(
         ),
     ] = False,
     shift_copies: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=0,
             help="Also fit the combiners on this many seeded shifted copies (stain, focus, "
             "JPEG, noise, exposure, rotation, hue, zoom) of their half of blend, so they learn "
-            "which member to trust on such images.",
+            "which member to trust on such images. Default: the pipeline's [fit] table, else 0.",
+            show_default=False,
         ),
-    ] = 0,
+    ] = None,
     members: Annotated[
         list[str] | None,
         typer.Option(
             "--members",
             metavar="NAMES",
             help="Combine these members (--members a,b or --members a --members b); default: "
-            "the pipeline's. May name a pre-training stage (combine = false) as a clean expert.",
+            "the pipeline's [fit] members, else those with combine = true. May name a "
+            "pre-training stage (combine = false) as a clean expert.",
         ),
     ] = None,
     classes: ClassesOption = None,
@@ -400,21 +408,26 @@ def fit_stacker(
     from ensemble.combine.fitting import fit_combiners
 
     opened = _open_run(run, data, classes, data_root)
+    given = {
+        "tta": tta,
+        "shift_copies": shift_copies,
+        "members": _names(members) or None,
+        "accepted_accuracy": accepted_accuracy,
+        "delta": delta,
+    }
+    settings = _fit_settings(opened.manifest.get("fit"), given)
+    shift_copies = settings.get("shift_copies", 0)
     selection = fit_combiners(
         opened,
         seed=seed,
-        tta=tta,
         score=score.value,
         mondrian=mondrian,
         alpha=alpha,
         ood_method=None if ood is OodMethod.none else ood.value,
         ood_referral=ood_referral,
-        shift_copies=shift_copies,
-        members=_names(members) or None,
-        accepted_accuracy=accepted_accuracy,
-        delta=delta,
         selective_score=selective_score.value,
         per_class=per_class,
+        **settings,
     )
     scored_on = f" (clean + {shift_copies} shifted copies)" if shift_copies else ""
     for name, accuracy in selection.cv_accuracy_on_blend.items():
@@ -437,6 +450,22 @@ def fit_stacker(
         )
     _echo_selective(run, selection)
     typer.echo(f"default combiner: {selection.default_combiner} (written to {run}/combiners)")
+
+
+def _fit_settings(recorded: dict | None, given: dict) -> dict:
+    """fit-stacker's settings: the command line's, else the pipeline's ``[fit]`` table.
+
+    Says on stderr which ones came from the pipeline.
+    """
+    from ensemble.members.specs import FitSpec
+
+    pipeline = FitSpec(**recorded).options() if recorded else {}
+    settings = {key: value for key, value in given.items() if value is not None}
+    taken = {key: value for key, value in pipeline.items() if key not in settings}
+    if taken:
+        shown = ", ".join(f"{key} {value}" for key, value in taken.items())
+        typer.echo(f"fit-stacker: from the pipeline's [fit] table: {shown}", err=True)
+    return pipeline | settings
 
 
 def _echo_selective(run: Path, selection) -> None:

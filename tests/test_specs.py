@@ -141,3 +141,54 @@ def test_a_member_spec_found_nowhere_names_every_place_looked(tmp_path):
     (tmp_path / "p.toml").write_text('members = ["nowhere/x.toml"]\n')
     with pytest.raises(ConfigError, match=r"member spec 'nowhere/x.toml' not found \(looked in"):
         load_pipeline(tmp_path / "p.toml")
+
+
+def test_a_fit_table_gives_fit_stacker_its_defaults(tmp_path):
+    (tmp_path / "p.toml").write_text(
+        'members = ["ci/tiny-a.toml", "ci/tiny-b.toml"]\n'
+        '[fit]\nmembers = ["tiny-b"]\ntta = true\nshift_copies = 2\n'
+    )
+    fit = load_pipeline(tmp_path / "p.toml").fit
+    assert fit.options() == {"tta": True, "shift_copies": 2, "members": ["tiny-b"]}
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('members = ["tiny-c"]', r"\[fit\] members \['tiny-c'\] are not members .* Did you mean"),
+        ("shift_copies = -1", "fit.shift_copies must be"),
+        ("tta = 1", "tta must be true or false"),
+        ("tt = true", "unknown key 'tt'. Did you mean 'tta'"),
+    ],
+)
+def test_bad_fit_tables_are_refused_with_the_key(table, message, tmp_path):
+    (tmp_path / "p.toml").write_text(
+        f'members = ["ci/tiny-a.toml", "ci/tiny-b.toml"]\n[fit]\n{table}\n'
+    )
+    with pytest.raises(ConfigError, match=message):
+        load_pipeline(tmp_path / "p.toml")
+
+
+def test_fit_stacker_takes_the_recorded_fit_table(fitted_ci_run, tmp_path, capsys):
+    import json
+    import shutil
+
+    from tests.conftest import run_cli
+
+    run = tmp_path / "run"
+    shutil.copytree(fitted_ci_run, run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["fit"] = {"members": ["tiny-a", "tiny-b"], "tta": False, "shift_copies": 0}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = run_cli(["fit-stacker", "--run", run], capsys)
+    assert code == 0, err
+    assert (
+        "from the pipeline's [fit] table: tta False, shift_copies 0, members ['tiny-a', 'tiny-b']"
+        in err
+    )
+    selection = json.loads((run / "combiners/selection.json").read_text())
+    assert selection["members"] == ["tiny-a", "tiny-b"]
+    code, _, err = run_cli(["fit-stacker", "--run", run, "--members", "tiny-a,tiny-ovr"], capsys)
+    assert code == 0, err
+    selection = json.loads((run / "combiners/selection.json").read_text())
+    assert selection["members"] == ["tiny-a", "tiny-ovr"]  # the command line wins

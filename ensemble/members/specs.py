@@ -194,6 +194,43 @@ class MemberSpec:
 
 
 @dataclass(frozen=True)
+class FitSpec:
+    """How ``fit-stacker`` fits this pipeline's run when its command line does not say.
+
+    Recorded in the run's manifest by ``train-members``; a command-line option overrides it.
+    """
+
+    members: tuple[str, ...] = ()  # members to combine (may name a pre-training stage as a
+    #   clean expert); [] = those with combine = true
+    tta: bool = False  # fit (and then predict and report) on 8-view test-time augmentation
+    shift_copies: int = 0  # seeded shifted copies of blend the combiners also learn from
+    accepted_accuracy: float = 0.0  # the selective rule's default target; 0 = the package's
+    delta: float = 0.0  # chance a selective guarantee fails; 0 = the package's default
+
+    def __post_init__(self) -> None:
+        members = self.members
+        is_names = isinstance(members, list | tuple) and all(
+            isinstance(name, str) and name for name in members
+        )
+        require(is_names, "members", "a list of member names", members)
+        object.__setattr__(self, "members", tuple(members))
+        check_range(self, "shift_copies", 0)
+        check_range(self, "accepted_accuracy", 0, 1, high_open=True)
+        check_range(self, "delta", 0, 1, high_open=True)
+
+    def options(self) -> dict[str, Any]:
+        """The settings as ``fit_combiners`` keyword arguments (unset ones left out)."""
+        options: dict[str, Any] = {"tta": self.tta, "shift_copies": self.shift_copies}
+        if self.members:
+            options["members"] = list(self.members)
+        if self.accepted_accuracy:
+            options["accepted_accuracy"] = self.accepted_accuracy
+        if self.delta:
+            options["delta"] = self.delta
+        return options
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
     """An end-to-end recipe: which members, how to clean and split the data."""
 
@@ -202,6 +239,7 @@ class PipelineSpec:
     clean: bool = True  # leave the audit's flagged images out of every split
     split_seed: int = 0  # seed of the train/val/blend/test split
     fractions: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FRACTIONS))
+    fit: FitSpec = field(default_factory=FitSpec)  # fit-stacker's settings for the run
 
 
 _SECTIONS = {
@@ -256,7 +294,7 @@ def load_pipeline(path: Path | str) -> PipelineSpec:
     if not path.is_file():
         raise ConfigError(f"pipeline file not found: {path}")
     table = _read_toml(path)
-    allowed = {"name", "members", "clean", "split_seed", "fractions"}
+    allowed = {"name", "members", "clean", "split_seed", "fractions", "fit"}
     _reject_unknown(table, allowed, str(path))
     member_paths = table.get("members")
     if not member_paths or not isinstance(member_paths, list):
@@ -280,12 +318,24 @@ def load_pipeline(path: Path | str) -> PipelineSpec:
     for position, member in enumerate(members):
         _check_teachers(member, names[:position], path)
     fractions = check_fractions(table.get("fractions", DEFAULT_FRACTIONS))
+    fit = FitSpec()
+    if "fit" in table:
+        if not isinstance(table["fit"], dict):
+            raise ConfigError(f"{path}: [fit] must be a table")
+        fit = _build(FitSpec, table["fit"], str(path), "fit")
+        unknown = [name for name in fit.members if name not in names]
+        if unknown:
+            raise ConfigError(
+                f"{path}: [fit] members {unknown} are not members of the pipeline."
+                f"{did_you_mean(unknown[0], names)} Members: {names}"
+            )
     return PipelineSpec(
         name=str(table.get("name", path.stem)),
         members=members,
         clean=bool(table.get("clean", True)),
         split_seed=int(table.get("split_seed", 0)),
         fractions=fractions,
+        fit=fit,
     )
 
 

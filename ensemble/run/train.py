@@ -6,13 +6,13 @@ import json
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ensemble.core.errors import ConfigError, RunError, did_you_mean
 from ensemble.core.fileio import atomic_write_json
 from ensemble.data.sources import Dataset
-from ensemble.members.specs import MemberSpec, PipelineSpec
+from ensemble.members.specs import FitSpec, MemberSpec, PipelineSpec
 from ensemble.members.training import FINISHED, TrainingData, is_finished, train_member
 from ensemble.run.claims import (
     DEFAULT_HEARTBEAT,
@@ -277,12 +277,18 @@ def record_pipeline_members(run: Run, pipeline: PipelineSpec) -> None:
     """Add members that the pipeline gained since the run was created to its manifest.
 
     A recipe can grow (e.g. a robust fine-tuning stage after a clean one) without a new split:
-    the manifest keeps its members in order and appends the new ones.
+    the manifest keeps its members in order and appends the new ones. A pipeline with a
+    ``[fit]`` table records it as the manifest's ``fit`` (fit-stacker's defaults for the run).
     """
     listed = list(run.manifest.get("members", []))
     added = [member.name for member in pipeline.members if member.name not in listed]
+    fit = json.loads(json.dumps(asdict(pipeline.fit))) if pipeline.fit != FitSpec() else None
+    fit_changed = fit is not None and fit != run.manifest.get("fit")
     if added:
         run.manifest["members"] = listed + added
+    if fit_changed:
+        run.manifest["fit"] = fit
+    if added or fit_changed:
         atomic_write_json(run.root / "manifest.json", run.manifest)
 
 
