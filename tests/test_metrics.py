@@ -124,3 +124,23 @@ def test_coverage_accuracy_refers_least_agreed_first():
         for p in coverage_accuracy(labels, predicted, agreement, np.ones(4))
     }
     assert points[1.0] == 0.75 and points[0.7] == 1.0
+
+
+def test_error_overlap_counts_repeated_errors_and_kappa():
+    from ensemble.report.metrics import error_overlap
+
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    right = np.eye(2)[labels]
+    a = right.copy()
+    a[[0, 1]] = np.eye(2)[[1, 1]]  # wrong on images 0 and 1
+    b = right.copy()
+    b[[1, 2]] = np.eye(2)[[1, 1]]  # wrong on 1 and 2: repeats one of a's two errors
+    same = a.copy()
+    overlap = error_overlap({"a": a, "b": b, "same": same}, labels, ["a", "b", "same"])
+    assert overlap["errors"] == [2, 2, 2]
+    assert overlap["repeated"][0][1] == 0.5 and overlap["repeated"][0][2] == 1.0
+    assert overlap["kappa"][0][2] == pytest.approx(1.0)
+    # kappa of a and b: observed agreement 6/8, expected 0.25*0.25 + 0.75*0.75 = 0.625
+    assert overlap["kappa"][0][1] == pytest.approx((0.75 - 0.625) / 0.375)
+    perfect = error_overlap({"p": right, "a": a}, labels, ["p", "a"])
+    assert perfect["repeated"][0][1] is None  # no errors to repeat

@@ -715,6 +715,32 @@ def _selective(selective: dict | None, metrics: dict) -> str:
     return "".join(parts)
 
 
+def _error_overlap(metrics: dict, thumbnails: dict) -> str:
+    """The share of each model's errors that each other model repeats (kappa in brackets)."""
+    overlap = metrics.get("error_overlap")
+    if not overlap:
+        return ""
+    names = overlap["names"]
+    rows = []
+    for row, name in enumerate(names):
+        cells = [name]
+        for column in range(len(names)):
+            share, kappa = overlap["repeated"][row][column], overlap["kappa"][row][column]
+            if row == column:
+                cells.append(f"{overlap['errors'][row]} errors")
+            elif share is None:
+                cells.append("-")
+            else:
+                cells.append(f"{share:.0%}" + ("" if kappa is None else f" ({kappa:.2f})"))
+        rows.append(cells)
+    return (
+        "<p>Voting can only fix an image that most members get right. Each row: the share of "
+        "that model's errors that the column's model repeats (Cohen's kappa of their errors "
+        "in brackets: 1 = the same images, 0 = no more overlap than chance).</p>"
+        + _table(["errors of ↓ repeated by →", *names], rows)
+    )
+
+
 def _skipped(metrics: dict, thumbnails: dict) -> str:
     if not metrics.get("skipped"):
         return ""
@@ -799,6 +825,7 @@ SECTIONS: tuple[tuple[str, str, Callable[[dict, dict], str]], ...] = (
     ("Leaderboard", "leaderboard", _leaderboard),
     ("Accuracy with 95 % intervals", "accuracy", _accuracy),
     ("Is the difference real? McNemar's test", "significance", _significance),
+    ("Do the members err on the same images?", "error-overlap", _error_overlap),
     ("Clean, shifted and zoomed images", "robustness", _robustness),
     ("Confusion matrices", "confusion", _confusions),
     ("Review gallery: wrong or referred", "gallery", _gallery),

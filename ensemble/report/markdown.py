@@ -259,6 +259,37 @@ def _significance(metrics: dict) -> list[str]:
     return lines
 
 
+def _error_overlap(metrics: dict) -> list[str]:
+    """Why the ensemble gains or does not: how often the members' errors coincide."""
+    overlap = metrics.get("error_overlap")
+    if not overlap:
+        return []
+    names = overlap["names"]
+    lines = [
+        "",
+        "## Do the members err on the same images?",
+        "",
+        "Voting can only fix an image that most members get right. Each row: the share of that "
+        "model's errors that the column's model repeats (Cohen's kappa of their errors in "
+        "brackets: 1 = the same images, 0 = no more overlap than chance).",
+        "",
+        "| errors of ↓ repeated by → | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for row, name in enumerate(names):
+        cells = []
+        for column in range(len(names)):
+            share, kappa = overlap["repeated"][row][column], overlap["kappa"][row][column]
+            if row == column:
+                cells.append(f"{overlap['errors'][row]} errors")
+            elif share is None:
+                cells.append("-")
+            else:
+                cells.append(f"{share:.0%}" + ("" if kappa is None else f" ({kappa:.2f})"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def copy_best_member(metrics: dict, copy: str) -> str:
     """The member the combiners are tested against on a copy: the best member on that copy.
 
@@ -430,6 +461,7 @@ def _confusions(metrics: dict) -> list[str]:
 SECTIONS: tuple[Callable[[dict], list[str]], ...] = (
     _summary,
     _significance,
+    _error_overlap,
     _shifted,
     _members,
     _per_class,

@@ -204,3 +204,50 @@ def coverage_accuracy(
         kept = max(1, int(round(coverage * len(labels))))
         points.append({"coverage": coverage, "accuracy": float(correct[:kept].mean())})
     return points
+
+
+def error_overlap(
+    probabilities: dict[str, np.ndarray], labels: np.ndarray, names: list[str]
+) -> dict:
+    """How often the models' errors coincide: why an ensemble of them gains or does not.
+
+    Voting helps only where errors differ. For every ordered pair of models (rows ``a``,
+    columns ``b``), ``repeated[a][b]`` is the share of ``a``'s errors that ``b`` also makes
+    (1 on the diagonal), and ``kappa[a][b]`` Cohen's kappa of their error indicators (1:
+    they err on the same images; 0: no more overlap than chance).
+
+    Args:
+        probabilities: model name → ``(N, K)`` class probabilities on the same images.
+        labels: ``(N,)`` true classes.
+        names: the models, in table order.
+
+    Returns:
+        ``{"names", "errors": [count per model], "repeated", "kappa"}`` (None where a model
+        makes no error, or kappa is undefined).
+    """
+    wrong = {name: probabilities[name].argmax(axis=1) != labels for name in names}
+    repeated, kappa = [], []
+    for first in names:
+        repeated_row, kappa_row = [], []
+        for second in names:
+            a, b = wrong[first], wrong[second]
+            repeated_row.append(float((a & b).sum() / a.sum()) if a.any() else None)
+            kappa_row.append(_kappa(a, b))
+        repeated.append(repeated_row)
+        kappa.append(kappa_row)
+    return {
+        "names": list(names),
+        "errors": [int(wrong[name].sum()) for name in names],
+        "repeated": repeated,
+        "kappa": kappa,
+    }
+
+
+def _kappa(first: np.ndarray, second: np.ndarray) -> float | None:
+    """Cohen's kappa of two boolean indicators (``None`` when both are constant alike)."""
+    observed = float((first == second).mean())
+    p1, p2 = float(first.mean()), float(second.mean())
+    expected = p1 * p2 + (1 - p1) * (1 - p2)
+    if expected >= 1.0:
+        return None
+    return (observed - expected) / (1.0 - expected)
