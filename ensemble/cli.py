@@ -25,7 +25,7 @@ from ensemble.data.split import SPLITS
 from ensemble.recipes import builtin_pipelines
 from ensemble.refer.conformal import DEFAULT_ALPHA, DEFAULT_SCORE, SCORES
 from ensemble.refer.ood import DEFAULT_OOD_METHOD, DEFAULT_TARGET_REFERRAL, OOD_METHODS
-from ensemble.refer.rule import REFER_RULES
+from ensemble.refer.rule import DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_CONFIDENCE, REFER_RULES
 from ensemble.refer.selective import DEFAULT_DELTA, DEFAULT_TARGETS, SELECTIVE_SCORES
 
 app = typer.Typer(
@@ -531,10 +531,10 @@ def predict(
     min_agreement: Annotated[
         float,
         typer.Option(help="--refer agreement: abstain (refer) below this member agreement."),
-    ] = 0.5,
+    ] = DEFAULT_MIN_AGREEMENT,
     min_confidence: Annotated[
         float, typer.Option(help="--refer agreement: abstain (refer) below this confidence.")
-    ] = 0.5,
+    ] = DEFAULT_MIN_CONFIDENCE,
     accepted_accuracy: Annotated[
         float | None,
         typer.Option(

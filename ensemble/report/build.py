@@ -37,7 +37,12 @@ from ensemble.core.fileio import atomic_write_bytes, atomic_write_json, atomic_w
 from ensemble.core.progress import stage
 from ensemble.corrupt.shifts import SHIFTS, ZOOM, shifted_images
 from ensemble.data.sources import Dataset
-from ensemble.refer.rule import agreement_referral, conformal_referral
+from ensemble.refer.rule import (
+    DEFAULT_MIN_AGREEMENT,
+    DEFAULT_MIN_CONFIDENCE,
+    agreement_referral,
+    conformal_referral,
+)
 from ensemble.report.html import read_thumbnails, render_html
 from ensemble.report.leaderboard import leaderboard_csv
 from ensemble.report.markdown import render_markdown, write_plots
@@ -55,7 +60,7 @@ from ensemble.report.metrics import (
 from ensemble.report.referral import referral_metrics
 from ensemble.run.directory import Run, RunDir
 from ensemble.serve.fitted import FittedEnsemble
-from ensemble.serve.gallery import MIN_AGREEMENT, MIN_CONFIDENCE, report_cards, thumbnail_jpeg
+from ensemble.serve.gallery import report_cards, thumbnail_jpeg
 
 #: The comparison the report leads with: plain voting against the stacker.
 HEADLINE = ("hard", "stack")
@@ -444,7 +449,9 @@ def gallery_referral(
         if ensemble.ood is not None:
             flagged = ensemble.ood_from_outputs(outputs) > ensemble.ood_threshold
         return rule, conformal_referral(probabilities, sets, flagged)
-    return rule, agreement_referral(probabilities, outputs.votes, MIN_AGREEMENT, MIN_CONFIDENCE)
+    return rule, agreement_referral(
+        probabilities, outputs.votes, DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_CONFIDENCE
+    )
 
 
 def write_gallery(
@@ -491,8 +498,8 @@ def write_gallery(
     return {
         "cards": cards,
         "counts": counts,
-        "min_agreement": MIN_AGREEMENT,
-        "min_confidence": MIN_CONFIDENCE,
+        "min_agreement": DEFAULT_MIN_AGREEMENT,
+        "min_confidence": DEFAULT_MIN_CONFIDENCE,
     }
 
 

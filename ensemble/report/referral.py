@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ensemble.refer.conformal import minimum_calibration_size, per_class_coverage, set_sizes
-from ensemble.refer.rule import agreement_referral, conformal_referral
+from ensemble.refer.rule import (
+    DEFAULT_MIN_AGREEMENT,
+    DEFAULT_MIN_CONFIDENCE,
+    agreement_referral,
+    conformal_referral,
+)
 
 if TYPE_CHECKING:
     from ensemble.combine.base import MemberOutputs
@@ -33,8 +38,8 @@ def referral_metrics(
     shift_kinds: list[str] | None = None,
     zoomed: MemberOutputs | None = None,
     zoom_kind: str = "zoom",
-    min_agreement: float = 0.5,
-    min_confidence: float = 0.5,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
 ) -> dict:
     """Coverage, set sizes and referral of the ensemble's combiner on a report's images.
 

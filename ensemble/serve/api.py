@@ -23,6 +23,7 @@ import numpy as np
 
 from ensemble.combine.base import MemberOutputs
 from ensemble.core.console import quiet_console
+from ensemble.refer.rule import DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_CONFIDENCE
 from ensemble.run.directory import RunDir
 from ensemble.serve.fitted import Decisions, FittedEnsemble, Images
 
@@ -153,8 +154,8 @@ class Ensemble:
         *,
         alpha: float | None = None,
         refer: str | None = None,
-        min_agreement: float = 0.5,
-        min_confidence: float = 0.5,
+        min_agreement: float = DEFAULT_MIN_AGREEMENT,
+        min_confidence: float = DEFAULT_MIN_CONFIDENCE,
         accepted_accuracy: float | None = None,
         tta: bool = False,
         batch_size: int = 256,

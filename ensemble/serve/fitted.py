@@ -41,6 +41,8 @@ from ensemble.refer.conformal import (
 )
 from ensemble.refer.ood import OodDetector
 from ensemble.refer.rule import (
+    DEFAULT_MIN_AGREEMENT,
+    DEFAULT_MIN_CONFIDENCE,
     REFER_RULES,
     agreement_referral,
     conformal_referral,
@@ -458,8 +460,8 @@ class FittedEnsemble:
         *,
         alpha: float | None = None,
         refer: str | None = None,
-        min_agreement: float = 0.5,
-        min_confidence: float = 0.5,
+        min_agreement: float = DEFAULT_MIN_AGREEMENT,
+        min_confidence: float = DEFAULT_MIN_CONFIDENCE,
         accepted_accuracy: float | None = None,
         tta: bool = False,
         batch_size: int = 256,
@@ -530,8 +532,8 @@ class FittedEnsemble:
         self,
         alpha: float | None = None,
         refer: str | None = None,
-        min_agreement: float = 0.5,
-        min_confidence: float = 0.5,
+        min_agreement: float = DEFAULT_MIN_AGREEMENT,
+        min_confidence: float = DEFAULT_MIN_CONFIDENCE,
         accepted_accuracy: float | None = None,
     ) -> tuple[str, float | None]:
         """The rule and alpha :meth:`decide` will use, checked before any image is read.

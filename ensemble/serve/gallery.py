@@ -12,8 +12,9 @@ the top-3 class probabilities and every member's vote. Two uses:
 
 "Referred" means what it means in ``predict``: by the run's referral rule
 (:mod:`ensemble.refer.rule`) — the conformal rule once the run is calibrated, else member
-agreement or confidence under its threshold (``predict``'s defaults, :data:`MIN_AGREEMENT` and
-:data:`MIN_CONFIDENCE`).
+agreement or confidence under its threshold (``predict``'s defaults,
+:data:`~ensemble.refer.rule.DEFAULT_MIN_AGREEMENT` and
+:data:`~ensemble.refer.rule.DEFAULT_MIN_CONFIDENCE`).
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from ensemble.core.html_page import data_uri, escape, page
+from ensemble.refer.rule import DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_CONFIDENCE
 
 #: Referral thresholds, as ``predict``'s defaults: agreement and confidence under these.
-MIN_AGREEMENT = 0.5
-MIN_CONFIDENCE = 0.5
 #: Most cards in report.html: wrong images first, then referred ones (keeps the page small).
 GALLERY_LIMIT = 400
 #: Longest side of a thumbnail in pixels (the images are shown enlarged by the browser).
@@ -45,8 +45,8 @@ def report_cards(
     members: Sequence[str],
     ids: Sequence[str],
     *,
-    min_agreement: float = MIN_AGREEMENT,
-    min_confidence: float = MIN_CONFIDENCE,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
     limit: int = GALLERY_LIMIT,
     referred: np.ndarray | None = None,
 ) -> tuple[list[dict], dict[str, int]]:
@@ -490,8 +490,8 @@ def _referral_rule(header: dict) -> str:
             f"the prediction set{level} is not exactly the predicted class, or the image is out "
             "of distribution"
         )
-    agreement = header.get("min_agreement", MIN_AGREEMENT)
-    confidence = header.get("min_confidence", MIN_CONFIDENCE)
+    agreement = header.get("min_agreement", DEFAULT_MIN_AGREEMENT)
+    confidence = header.get("min_confidence", DEFAULT_MIN_CONFIDENCE)
     return f"member agreement under {agreement:.0%} or confidence under {confidence:.0%}"
 
 

@@ -38,6 +38,7 @@ from ensemble.core.errors import ConfigError
 from ensemble.core.progress import progress
 from ensemble.data.images import UnreadableImage, crop_and_resize, decode_image
 from ensemble.data.sources import SYSTEM_FILES
+from ensemble.refer.rule import DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_CONFIDENCE
 from ensemble.serve.api import Ensemble
 from ensemble.serve.fitted import Decisions, FittedEnsemble
 from ensemble.serve.prediction_files import (
@@ -180,8 +181,8 @@ def prepare_prediction(
     combiner: str | None = None,
     tta: bool = False,
     batch_size: int = 256,
-    min_agreement: float = 0.5,
-    min_confidence: float = 0.5,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
     alpha: float | None = None,
     refer: str | None = None,
     ensemble: Ensemble | FittedEnsemble | None = None,
@@ -233,8 +234,8 @@ def predict_folder(
     combiner: str | None = None,
     tta: bool = False,
     batch_size: int = 256,
-    min_agreement: float = 0.5,
-    min_confidence: float = 0.5,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
     alpha: float | None = None,
     refer: str | None = None,
     ensemble: Ensemble | FittedEnsemble | None = None,
