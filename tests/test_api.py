@@ -108,7 +108,7 @@ def test_calibration_file_refuses_other_members(fitted_ci_run, tmp_path, artifac
     """A calibration file from other members is refused by its own hashes, not only by the
     selection's record of the file (which a copied-in file would also fail)."""
     from ensemble import Ensemble
-    from ensemble.data.images import file_sha256
+    from ensemble.core.hashes import file_sha256
 
     run = tmp_path / "run"
     shutil.copytree(fitted_ci_run, run)

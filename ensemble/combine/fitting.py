@@ -47,8 +47,8 @@ from ensemble.combine.shifted_blend import shifted_outputs, with_copies
 from ensemble.combine.temperature import TemperatureScaling
 from ensemble.core.errors import ConfigError, RunError
 from ensemble.core.fileio import atomic_write_json
+from ensemble.core.hashes import file_sha256
 from ensemble.core.progress import stage
-from ensemble.data.images import file_sha256
 from ensemble.members.outputs import cached_member_outputs
 from ensemble.refer.conformal import (
     DEFAULT_ALPHA,
@@ -344,7 +344,7 @@ def _duplicate_groups(run: Run, ids: list[str]) -> list[list[str]]:
     """The audit's duplicate groups, and images with the same bytes, among ``ids``."""
     wanted = set(ids)
     groups: list[list[str]] = []
-    audit = run.directory.root / "audit.json"
+    audit = run.directory.audit_path
     if audit.is_file():
         saved = json.loads(audit.read_text()).get("duplicate_groups", [])
         groups += [[i for i in group if i in wanted] for group in saved]

@@ -29,6 +29,7 @@ import numpy as np
 from ensemble.combine.base import Blend, Combiner, MemberOutputs, grouped_folds, register
 from ensemble.core.errors import ConfigError, NotFittedError, RunError
 from ensemble.core.fileio import atomic_write_bytes, atomic_write_json
+from ensemble.core.hashes import check_recorded_hashes
 
 #: Candidate settings searched by cross-validation inside ``blend``.
 COMPONENTS = (32, 96)  # PCA dimensions of the concatenated features
@@ -222,16 +223,12 @@ class Stacker(Combiner):
 
         folder = Path(folder)
         sidecar = json.loads((folder / "stacker.json").read_text())
-        if sidecar["member_model_sha256"] != member_hashes:
-            differing = sorted(
-                name
-                for name in set(sidecar["member_model_sha256"]) | set(member_hashes)
-                if sidecar["member_model_sha256"].get(name) != member_hashes.get(name)
-            )
-            raise RunError(
-                f"the stacker in {folder} was fitted on other members (changed: {differing}). "
-                "Run fit-stacker again."
-            )
+        check_recorded_hashes(
+            sidecar["member_model_sha256"],
+            member_hashes,
+            f"the stacker in {folder} was fitted on other members (changed: {{changed}}). "
+            "Run fit-stacker again.",
+        )
         stacker = cls(sidecar["members"], sidecar["with_probabilities"], sidecar["seed"])
         with open(folder / "stacker_pca.npy", "rb") as stream:
             stacker.mean_, stacker.scale_ = np.load(stream, allow_pickle=False)

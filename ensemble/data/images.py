@@ -46,15 +46,6 @@ class DecodedImage:
     original_size: tuple[int, int]
 
 
-def file_sha256(path: Path) -> str:
-    """Return the SHA-256 hex digest of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def decode_image(source: Path | bytes, size: int | None = None) -> DecodedImage:
     """Decode an image file into RGB pixels, centre-cropped to a square and resized.
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import keras
 
 from ensemble.core.fileio import atomic_write_json, save_model_atomically
+from ensemble.members.layout import MemberDir
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -112,13 +113,13 @@ class EpochCheckpoint(keras.callbacks.Callback):
             state["best_val_accuracy"] = record["val_accuracy"]
             state["best_epoch"] = record["epoch"]
             state["stale_epochs"] = 0
-            save_model_atomically(self.model, self.member_dir / "best.keras")
+            save_model_atomically(self.model, MemberDir(self.member_dir).best)
         else:
             state["stale_epochs"] += 1
         saving = time.perf_counter()
-        save_model_atomically(self.model, self.member_dir / "checkpoint" / "last.keras")
+        save_model_atomically(self.model, MemberDir(self.member_dir).checkpoint)
         record["save_seconds"] = round(time.perf_counter() - saving, 2)
-        atomic_write_json(self.member_dir / "checkpoint" / "state.json", state)
+        atomic_write_json(MemberDir(self.member_dir).state, state)
 
     def _line(self, record: dict) -> str:
         """``name epoch 3/28: loss …, accuracy …, val accuracy …, 245 img/s, ~17 min left``."""

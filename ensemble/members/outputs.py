@@ -18,7 +18,7 @@ import numpy as np
 
 from ensemble.core.artifacts import load_keras_model
 from ensemble.core.fileio import atomic_write_bytes, atomic_write_json
-from ensemble.data.images import file_sha256
+from ensemble.core.hashes import file_sha256
 from ensemble.members.backbones import POOLED_FEATURES
 
 

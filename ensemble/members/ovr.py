@@ -16,9 +16,10 @@ import numpy as np
 from ensemble.core.artifacts import load_keras_model
 from ensemble.core.errors import RunError
 from ensemble.core.fileio import atomic_write_json, save_model_atomically
+from ensemble.members.layout import MemberDir
 from ensemble.members.outputs import member_outputs
 from ensemble.members.specs import MemberSpec
-from ensemble.members.training import FINISHED, is_finished, prepare_member_dir
+from ensemble.members.training import is_finished, prepare_member_dir
 
 SCORES = "ovr_scores"
 
@@ -39,7 +40,7 @@ def train_ovr_member(spec: MemberSpec, run, *, force: bool = False) -> dict:
             f"one-vs-rest member {spec.name!r} needs member {spec.ovr.base_member!r} trained "
             "first. Train it (train-members without --only, or --only with both)."
         )
-    base = load_keras_model(base_dir / "model.keras")
+    base = load_keras_model(MemberDir(base_dir).model)
     size = base.input_shape[1]
     began = time.perf_counter()
     train_images, train_labels = run.images("train", size)
@@ -71,10 +72,11 @@ def train_ovr_member(spec: MemberSpec, run, *, force: bool = False) -> dict:
         "train_seconds": round(time.perf_counter() - began, 1),
         "images_per_second": round(len(train_labels) / max(time.perf_counter() - began, 1e-9), 1),
     }
-    atomic_write_json(member_dir / "thresholds.json", {"thresholds": thresholds.tolist()})
-    atomic_write_json(member_dir / "history.json", history)
-    save_model_atomically(model, member_dir / "model.keras")
-    atomic_write_json(member_dir / FINISHED, metrics)
+    files = MemberDir(member_dir)
+    atomic_write_json(files.thresholds, {"thresholds": thresholds.tolist()})
+    atomic_write_json(files.history, history)
+    save_model_atomically(model, files.model)
+    atomic_write_json(files.metrics, metrics)  # last: marks the member finished
     return metrics
 
 

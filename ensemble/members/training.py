@@ -1,17 +1,8 @@
 """Train one CNN member: build the model, run its schedule, checkpoint every epoch, resume.
 
-A member directory holds::
-
-    spec.json            the resolved spec (a restarted run refuses a different one)
-    checkpoint/last.keras, checkpoint/state.json   the last completed epoch (model + optimizer)
-    best.keras           the best model so far by validation accuracy
-    model.keras          the finished member (the best epoch's model)
-    history.json         per-epoch loss, accuracy, validation accuracy and macro-F1, timings
-    metrics.json         written last: the member is finished only once it exists
-    tensorboard/         TensorBoard logs
-
-Every file is written to a temporary name and renamed, so a process killed at any moment (even
-SIGKILL mid-save) leaves only complete files; a restart continues after the last completed epoch.
+The member's files (:class:`~ensemble.members.layout.MemberDir`) are each written to a temporary
+name and renamed, so a process killed at any moment (even SIGKILL mid-save) leaves only complete
+files; a restart continues after the last completed epoch.
 """
 
 from __future__ import annotations
@@ -27,11 +18,10 @@ import numpy as np
 from ensemble.core.artifacts import load_keras_model
 from ensemble.core.errors import ConfigError, RunError
 from ensemble.core.fileio import atomic_write_json, atomic_write_with
-from ensemble.data.images import file_sha256
+from ensemble.core.hashes import file_sha256
 from ensemble.members.inputs import class_weights, training_dataset
+from ensemble.members.layout import MemberDir
 from ensemble.members.specs import MemberSpec, member_spec_from_dict
-
-FINISHED = "metrics.json"
 
 
 @dataclass(frozen=True)
@@ -78,7 +68,7 @@ def build_member_model(spec: MemberSpec, n_classes: int):
 
 def is_finished(member_dir: Path) -> bool:
     """True if the member in ``member_dir`` completed training."""
-    return (member_dir / FINISHED).is_file() and (member_dir / "model.keras").is_file()
+    return MemberDir(member_dir).is_finished()
 
 
 def train_member(
@@ -132,7 +122,7 @@ def train_member(
             if spec.distill.teachers:
                 import ensemble.members.distillation  # noqa: F401  registers the student's loss
 
-            model = load_keras_model(member_dir / "checkpoint" / "last.keras", compile=True)
+            model = load_keras_model(MemberDir(member_dir).checkpoint, compile=True)
         else:
             model = build_member_model(spec, data.n_classes)
             if init_weights is not None:
@@ -161,7 +151,8 @@ def train_member(
         verbose=verbose,
         stop_after_epochs=stop_after_epochs,
     )
-    callbacks = [epoch_end, keras.callbacks.TensorBoard(log_dir=str(member_dir / "tensorboard"))]
+    logs = str(MemberDir(member_dir).tensorboard)
+    callbacks = [epoch_end, keras.callbacks.TensorBoard(log_dir=logs)]
     for phase_end in _phase_ends(spec):
         if state["epoch"] >= phase_end:
             continue
@@ -217,7 +208,7 @@ def prepare_member_dir(spec: MemberSpec, member_dir: Path, force: bool) -> dict 
     member_dir.mkdir(parents=True, exist_ok=True)
     _check_or_write_spec(spec, member_dir)
     if is_finished(member_dir):
-        return json.loads((member_dir / FINISHED).read_text())
+        return json.loads(MemberDir(member_dir).metrics.read_text())
     return None
 
 
@@ -243,10 +234,10 @@ def _finish(spec: MemberSpec, member_dir: Path, state: dict) -> dict:
     }
     if "init_from" in state:
         metrics["init_from"] = state["init_from"]
-    atomic_write_json(member_dir / "history.json", history)
-    source = member_dir / "checkpoint" / "last.keras" if keep_last else member_dir / "best.keras"
-    _atomic_copy(source, member_dir / "model.keras")
-    atomic_write_json(member_dir / FINISHED, metrics)  # last: marks the member finished
+    files = MemberDir(member_dir)
+    atomic_write_json(files.history, history)
+    _atomic_copy(files.checkpoint if keep_last else files.best, files.model)
+    atomic_write_json(files.metrics, metrics)  # last: marks the member finished
     return metrics
 
 
@@ -370,7 +361,7 @@ NOT_TRAINING_FIELDS = ("combine", "num_cpus", "num_gpus")
 
 
 def _check_or_write_spec(spec: MemberSpec, member_dir: Path) -> None:
-    path = member_dir / "spec.json"
+    path = MemberDir(member_dir).spec
     resolved = json.loads(json.dumps(spec.to_dict()))
     if path.is_file():
         saved = _resolved_saved_spec(path)
@@ -404,10 +395,9 @@ def _resolved_saved_spec(path: Path) -> dict:
 
 
 def _load_state(member_dir: Path) -> dict | None:
-    state_path = member_dir / "checkpoint" / "state.json"
-    model_path = member_dir / "checkpoint" / "last.keras"
-    if state_path.is_file() and model_path.is_file():
-        return json.loads(state_path.read_text())
+    files = MemberDir(member_dir)
+    if files.state.is_file() and files.checkpoint.is_file():
+        return json.loads(files.state.read_text())
     return None
 
 

@@ -68,15 +68,16 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ensemble import FORMAT_VERSION
 from ensemble.core.errors import ConfigError, NotFittedError, RunError
 from ensemble.core.fileio import atomic_write_json
+from ensemble.core.hashes import check_recorded_hashes
 
 SCORES = ("lac", "aps", "raps")
 #: The conformity score fit-stacker uses unless told otherwise.
 DEFAULT_SCORE = "lac"
 DEFAULT_ALPHA = 0.01
 FORMAT = "blood-ensemble/conformal-classifier"
-FORMAT_VERSION = 1
 #: Probability rows may sum to 1 within this: float32 softmax outputs and averaged test-time
 #: views are off by ~1e-6; anything further off is not a probability row.
 ROW_SUM_TOLERANCE = 1e-3
@@ -630,12 +631,9 @@ def check_member_hashes(
     Raises:
         RunError: one line naming the file, the names whose hash differs, and what to do.
     """
-    if saved == expected:
-        return
-    changed = sorted(
-        name for name in set(saved) | set(expected) if saved.get(name) != expected.get(name)
-    )
-    raise RunError(
-        f"the {what} in {path} was calibrated for other members (changed: {changed}). "
-        "Re-run the calibration on the current members."
+    check_recorded_hashes(
+        saved,
+        expected,
+        f"the {what} in {path} was calibrated for other members (changed: {{changed}}). "
+        "Re-run the calibration on the current members.",
     )

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from ensemble import FORMAT_VERSION
 from ensemble.core.errors import ConfigError, NotFittedError
 from ensemble.core.fileio import atomic_write_json
 from ensemble.refer.conformal import (
@@ -50,7 +51,6 @@ from ensemble.refer.conformal import (
 )
 
 FORMAT = "blood-ensemble/selective-classifier"
-FORMAT_VERSION = 1
 
 #: Scores an image is accepted on: the top probability, or its lead over the runner-up.
 SELECTIVE_SCORES = ("confidence", "margin")

@@ -594,11 +594,9 @@ def member_details(run: RunDir, names: list[str]) -> dict[str, dict]:
             "train_seconds": run.training_metrics(name)["train_seconds"],
         }
         if spec.kind != "ovr":  # one-vs-rest heads train per class: no shared epochs
-            details[name]["history"] = _epochs(run.member_dir(name) / "history.json")
+            details[name]["history"] = _epochs(run.member(name).history)
             if init_from:
-                details[name]["history_before"] = _epochs(
-                    run.member_dir(init_from) / "history.json"
-                )
+                details[name]["history_before"] = _epochs(run.member(init_from).history)
     return details
 
 

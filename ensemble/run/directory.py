@@ -5,7 +5,7 @@
     runs/NAME/manifest.json      format version, classes, data source and fingerprint, members
     runs/NAME/audit.json         the audit the split was cleaned with
     runs/NAME/split.json         the split (see ensemble.data.split)
-    runs/NAME/members/<member>/  one trained member (see ensemble.members.training)
+    runs/NAME/members/<member>/  one trained member (see ensemble.members.layout)
     runs/NAME/features/<member>/ cached member outputs per split (see ensemble.members.outputs)
     runs/NAME/combiners/         the fitted combiners (see ensemble.combine.fitting)
 
@@ -26,11 +26,11 @@ import numpy as np
 from ensemble import FORMAT_VERSION, __version__
 from ensemble.core.errors import RunError
 from ensemble.core.fileio import atomic_write_json, atomic_write_text, remove_stale_temporaries
-from ensemble.data.images import file_sha256
+from ensemble.core.hashes import file_sha256
 from ensemble.data.sources import Dataset
 from ensemble.data.split import Split, load_split, make_split, save_split
+from ensemble.members.layout import MemberDir
 from ensemble.members.specs import MemberSpec, PipelineSpec, member_spec_from_dict
-from ensemble.members.training import FINISHED, is_finished
 
 MANIFEST = "manifest.json"
 
@@ -72,9 +72,19 @@ class RunDir:
     # Paths: the only place that knows the layout.
 
     @property
+    def manifest_path(self) -> Path:
+        """``manifest.json``: written last when the run is created."""
+        return self.root / MANIFEST
+
+    @property
     def split_path(self) -> Path:
         """``split.json``."""
         return self.root / "split.json"
+
+    @property
+    def audit_path(self) -> Path:
+        """``audit.json``: the audit the split was cleaned with (absent if it was not)."""
+        return self.root / "audit.json"
 
     @property
     def combiners_dir(self) -> Path:
@@ -85,13 +95,17 @@ class RunDir:
         """Where a member's cached outputs per split are kept."""
         return self.root / "features" / member
 
+    def member(self, name: str) -> MemberDir:
+        """The files of member ``name`` (:class:`~ensemble.members.layout.MemberDir`)."""
+        return MemberDir(self.root / "members" / name)
+
     def member_dir(self, name: str) -> Path:
         """Directory of member ``name``."""
-        return self.root / "members" / name
+        return self.member(name).path
 
     def model_path(self, name: str) -> Path:
         """The trained model of member ``name`` (``model.keras``)."""
-        return self.member_dir(name) / "model.keras"
+        return self.member(name).model
 
     # What the manifest and the member directories say.
 
@@ -123,7 +137,7 @@ class RunDir:
         """
         if name not in self._specs:
             self._specs[name] = member_spec_from_dict(
-                self._saved_spec(name), source=str(self.member_dir(name) / "spec.json")
+                self._saved_spec(name), source=str(self.member(name).spec)
             )
         return self._specs[name]
 
@@ -136,11 +150,11 @@ class RunDir:
 
     def training_metrics(self, name: str) -> dict:
         """What training recorded for a finished member (``metrics.json``)."""
-        return json.loads((self.member_dir(name) / FINISHED).read_text())
+        return json.loads(self.member(name).metrics.read_text())
 
     def is_finished(self, name: str) -> bool:
         """True if member ``name`` completed training."""
-        return is_finished(self.member_dir(name))
+        return self.member(name).is_finished()
 
     def trained_members(self) -> list[str]:
         """The ensemble's members (:attr:`members`), all finished.
@@ -197,7 +211,7 @@ class RunDir:
         return Run(self.root, dataset, split, self.manifest)
 
     def _saved_spec(self, name: str) -> dict:
-        path = self.member_dir(name) / "spec.json"
+        path = self.member(name).spec
         if not path.is_file():
             raise RunError(
                 f"member {name!r} of run {self.root} has no spec.json: it never started "
@@ -206,7 +220,7 @@ class RunDir:
         return json.loads(path.read_text())
 
     def _combines(self, name: str) -> bool:
-        if not (self.member_dir(name) / "spec.json").is_file():
+        if not self.member(name).spec.is_file():
             return True
         return bool(self._saved_spec(name).get("combine", True))
 
@@ -272,11 +286,11 @@ def create_or_open_run(root: Path, dataset: Dataset, pipeline: PipelineSpec) -> 
         from ensemble.data.audit import run_audit
 
         report = run_audit(dataset)
-        atomic_write_text(root / "audit.json", report.to_json())
+        atomic_write_text(RunDir(root, {}).audit_path, report.to_json())
         excluded = sorted(report.excluded_ids())
         groups = report.groups
     split = make_split(dataset, groups, pipeline.fractions, pipeline.split_seed, excluded)
-    save_split(split, dataset, root / "split.json")
+    save_split(split, dataset, RunDir(root, {}).split_path)
     manifest = {
         "format_version": FORMAT_VERSION,
         "package_version": __version__,

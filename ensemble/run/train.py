@@ -12,8 +12,9 @@ from pathlib import Path
 from ensemble.core.errors import ConfigError, RunError, did_you_mean
 from ensemble.core.fileio import atomic_write_json
 from ensemble.data.sources import Dataset
+from ensemble.members.layout import MemberDir
 from ensemble.members.specs import FitSpec, MemberSpec, PipelineSpec
-from ensemble.members.training import FINISHED, TrainingData, is_finished, train_member
+from ensemble.members.training import TrainingData, is_finished, train_member
 from ensemble.run.claims import (
     DEFAULT_HEARTBEAT,
     DEFAULT_TIMEOUT,
@@ -204,7 +205,7 @@ def _train_claimed(spec: MemberSpec, run: Run, names, force: bool, distribute) -
 
 
 def _found_finished(name: str, member_dir: Path, seen_elsewhere: dict) -> MemberOutcome:
-    metrics = json.loads((member_dir / FINISHED).read_text())
+    metrics = json.loads(MemberDir(member_dir).metrics.read_text())
     if name in seen_elsewhere:
         host = seen_elsewhere[name].get("host", "?")
         print(f"{name}: trained by another worker ({host})", file=sys.stderr)
@@ -261,7 +262,7 @@ def _teacher_probabilities(spec: MemberSpec, run: Run):
                 f"training in {run.root}. Train it first: --only {teacher}"
             )
         teacher_spec = run.directory.member_spec(teacher)
-        models.append(load_keras_model(teacher_dir / "model.keras"))
+        models.append(load_keras_model(MemberDir(teacher_dir).model))
         images.append(run.images("train", teacher_spec.input_size)[0])
     print(
         f"{spec.name}: teachers {', '.join(spec.distill.teachers)} on "
@@ -289,7 +290,7 @@ def record_pipeline_members(run: Run, pipeline: PipelineSpec) -> None:
     if fit_changed:
         run.manifest["fit"] = fit
     if added or fit_changed:
-        atomic_write_json(run.root / "manifest.json", run.manifest)
+        atomic_write_json(run.directory.manifest_path, run.manifest)
 
 
 def _init_weights(spec: MemberSpec, run: Run, names: list[str]) -> Path | None:
@@ -309,7 +310,7 @@ def _init_weights(spec: MemberSpec, run: Run, names: list[str]) -> Path | None:
             f"member {spec.name!r} starts from {spec.init_from!r}, which has not finished "
             f"training in {run.root}. Train it first: --only {spec.init_from}"
         )
-    return source / "model.keras"
+    return MemberDir(source).model
 
 
 def _strategy(name: str):

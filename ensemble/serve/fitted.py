@@ -31,7 +31,8 @@ from ensemble.combine.selection import TEMPERATURES, Selection
 from ensemble.combine.temperature import TemperatureScaling
 from ensemble.core.artifacts import load_keras_model
 from ensemble.core.errors import ConfigError, DataError, RunError, did_you_mean
-from ensemble.data.images import UnreadableImage, crop_and_resize, decode_image, file_sha256
+from ensemble.core.hashes import check_recorded_hashes, file_sha256
+from ensemble.data.images import UnreadableImage, crop_and_resize, decode_image
 from ensemble.members.outputs import average_over_views, feature_model
 from ensemble.refer.conformal import (
     ConformalClassifier,
@@ -638,13 +639,13 @@ class FittedEnsemble:
 
 def _check_unchanged(run: RunDir, selection: Selection, hashes: dict[str, str]) -> None:
     """Refuse members or combiner files that changed since fit-stacker recorded them."""
-    recorded = selection.member_model_sha256
-    changed = [name for name in hashes if hashes[name] != recorded.get(name)]
-    if changed:
-        raise RunError(
-            f"members changed since the combiners were fitted: {changed}. "
-            "Run `ensemble fit-stacker` again."
-        )
+    recorded = {name: selection.member_model_sha256.get(name) for name in hashes}
+    check_recorded_hashes(
+        recorded,
+        hashes,
+        "members changed since the combiners were fitted: {changed}. "
+        "Run `ensemble fit-stacker` again.",
+    )
     for name, digest in selection.artifact_sha256.items():
         artifact = run.combiners_dir / name
         if not artifact.is_file() or file_sha256(artifact) != digest:
