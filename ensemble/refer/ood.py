@@ -64,10 +64,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ensemble import FORMAT_VERSION
 from ensemble.core.errors import ConfigError, RunError
 from ensemble.core.fileio import atomic_write_text
 from ensemble.refer.conformal import (
-    FORMAT_VERSION,
     NotFittedError,
     check_member_hashes,
     check_probabilities,
