@@ -23,7 +23,7 @@ import numpy as np
 from ensemble.core.artifacts import load_keras_model
 from ensemble.core.fileio import atomic_write_text
 from ensemble.data.sources import load_dataset
-from ensemble.serve.fitted import FittedEnsemble
+from ensemble.serve.ensemble import Ensemble
 from ensemble.serve.predict import predict_folder
 
 
@@ -42,7 +42,7 @@ def main() -> None:
     chosen = np.random.default_rng(0).choice(len(dataset.records), args.images, replace=False)
     records = [dataset.records[i] for i in sorted(chosen)]
     began = time.perf_counter()
-    ensemble = FittedEnsemble.load(args.run, args.combiner)  # once, as `ensemble predict` does
+    ensemble = Ensemble.load(args.run, args.combiner)  # once, as `ensemble predict` does
     load_seconds = time.perf_counter() - began
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch) / "images"
@@ -62,7 +62,7 @@ def main() -> None:
 
     subset = dataset.subset(sorted(chosen))
     member_seconds, bare_cold = {}, {}
-    for name in ensemble.members:
+    for name in ensemble.members_:
         model = load_keras_model(ensemble.run.model_path(name))
         images, _, _ = subset.load_images(model.input_shape[1])
         x = images.astype("float32")
@@ -82,8 +82,8 @@ def main() -> None:
 
 Reproduce: `python benchmarks/predict_speed.py --run {args.run} --data {args.data} --images {args.images} --combiner {args.combiner}`
 
-{args.images} real JPEG images from `{args.data}`, run `{args.run}` ({len(ensemble.members)} members:
-{", ".join(ensemble.members)}), combiner `{args.combiner}`, no TTA, batch {args.batch_size}, 2 CPU cores.
+{args.images} real JPEG images from `{args.data}`, run `{args.run}` ({len(ensemble.members_)} members:
+{", ".join(ensemble.members_)}), combiner `{args.combiner}`, no TTA, batch {args.batch_size}, 2 CPU cores.
 
 | path | seconds | images/s |
 |---|---|---|

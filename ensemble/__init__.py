@@ -16,7 +16,7 @@ __all__ = ["Ensemble", "FORMAT_VERSION", "__version__"]
 def __getattr__(name: str):
     """``ensemble.Ensemble``, imported when first asked for (PEP 562)."""
     if name == "Ensemble":
-        from ensemble.serve.api import Ensemble
+        from ensemble.serve.ensemble import Ensemble
 
         return Ensemble
     raise AttributeError(f"module 'ensemble' has no attribute {name!r}")

@@ -24,7 +24,8 @@ def test_import_ensemble_stays_light_and_exports_ensemble():
         "import sys, ensemble\n"
         "assert 'numpy' not in sys.modules and 'tensorflow' not in sys.modules\n"
         "from ensemble import Ensemble\n"
-        "assert Ensemble.__module__ == 'ensemble.serve.api' and 'Ensemble' in ensemble.__all__\n"
+        "assert Ensemble.__module__ == 'ensemble.serve.ensemble'\n"
+        "assert 'Ensemble' in ensemble.__all__\n"
         "try:\n    ensemble.Nothing\nexcept AttributeError as error:\n    print(error)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
@@ -162,14 +163,13 @@ def test_ood_ranks_noise_and_solid_colours_above_clean_cells(fitted_ci_run, synt
     from ensemble.data.sources import load_dataset
     from ensemble.members.outputs import cached_member_outputs
 
-    ens = Ensemble.load(fitted_ci_run)
-    fitted = ens.fitted_
+    ens = fitted = Ensemble.load(fitted_ci_run)
     run = fitted.run.with_data(load_dataset(synthetic_folder))
-    cached = {name: cached_member_outputs(run, name, "blend") for name in fitted.members}
+    cached = {name: cached_member_outputs(run, name, "blend") for name in fitted.members_}
     clean = fitted.ood_from_outputs(
         fitted.calibrate(
-            np.stack([cached[name]["probabilities"] for name in fitted.members]),
-            [cached[name]["features"] for name in fitted.members],
+            np.stack([cached[name]["probabilities"] for name in fitted.members_]),
+            [cached[name]["features"] for name in fitted.members_],
         )
     )
     rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ from PIL import Image
 
 from ensemble.combine.stacker import Stacker
 from ensemble.core.errors import NotFittedError, RunError
-from ensemble.serve.fitted import FittedEnsemble
+from ensemble.serve.ensemble import Ensemble
 from tests.conftest import run_cli
 
 
@@ -223,16 +223,16 @@ def test_feature_cache_reused_and_invalidated(fitted_ci_run, synthetic_folder, t
 def test_fitted_ensemble_loads_once_and_predicts_like_the_command(
     fitted_ci_run, synthetic_folder, tmp_path, capsys, monkeypatch
 ):
-    import ensemble.serve.fitted
+    import ensemble.serve.ensemble
 
     hashed = []
     real_hash = ensemble.run.directory.file_sha256
     monkeypatch.setattr(
         ensemble.run.directory, "file_sha256", lambda p: hashed.append(p) or real_hash(p)
     )
-    fitted = FittedEnsemble.load(fitted_ci_run, "soft")
+    fitted = Ensemble.load(fitted_ci_run, "soft")
     assert len(hashed) == 3  # each member model hashed once per load
-    assert fitted.members == ["tiny-a", "tiny-b", "tiny-ovr"] and len(fitted.classes) == 8
+    assert fitted.members_ == ["tiny-a", "tiny-b", "tiny-ovr"] and len(fitted.classes_) == 8
     assert fitted.choices() == [
         *("hard", "soft", "weighted", "greedy", "stack"),
         *("tiny-a", "tiny-b", "tiny-ovr", "ovr"),
@@ -246,9 +246,7 @@ def test_fitted_ensemble_loads_once_and_predicts_like_the_command(
     )
     assert code == 0, err
     predicted = fitted.predict(paths)  # decoded and resized to each member's size inside
-    assert [fitted.classes[i] for i in predicted] == [
-        row["prediction"] for row in csv.DictReader(out.open())
-    ]
+    assert list(predicted) == [row["prediction"] for row in csv.DictReader(out.open())]
     big = np.stack([np.asarray(Image.open(p).convert("RGB").resize((64, 64))) for p in paths])
     assert fitted.predict_proba(big).shape == (12, 8)  # any size: resized per member
 
@@ -256,13 +254,13 @@ def test_fitted_ensemble_loads_once_and_predicts_like_the_command(
 def test_every_combiner_of_the_registry_is_loaded(fitted_ci_run):
     from ensemble.combine.registry import registered_combiners
 
-    fitted = FittedEnsemble.load(fitted_ci_run)
-    assert list(fitted.combiners) == list(registered_combiners())
+    fitted = Ensemble.load(fitted_ci_run)
+    assert list(fitted.combiners_) == list(registered_combiners())
     assert (
-        fitted.combiner
+        fitted.combiner_
         == json.loads((fitted_ci_run / "combiners/selection.json").read_text())["default_combiner"]
     )
-    assert FittedEnsemble.load(fitted_ci_run, "ovr").combiner == "tiny-ovr"
+    assert Ensemble.load(fitted_ci_run, "ovr").combiner == "tiny-ovr"
 
 
 def test_not_fitted_error_is_reported_as_a_bug(

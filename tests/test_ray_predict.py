@@ -100,7 +100,7 @@ def test_a_user_error_inside_an_actor_reaches_the_driver_as_itself(
     from ensemble.serve.ray_predict import iter_prediction_rows_on_ray
 
     job = prepare_prediction(messy_folder, fitted_ci_run)
-    job.fitted.combiner = "no-such-combiner"  # what each actor loads
+    job.ensemble.combiner_ = "no-such-combiner"  # what each actor loads
     with pytest.raises(ConfigError, match="unknown combiner 'no-such-combiner'"):
         list(iter_prediction_rows_on_ray(job))
 

@@ -136,27 +136,27 @@ def test_referral_metrics_on_the_ci_run(fitted_ci_run, synthetic_folder):
     """From member outputs already computed (the cached blend outputs stand in for a report's)."""
     from ensemble.data.sources import load_dataset
     from ensemble.members.outputs import cached_member_outputs
-    from ensemble.serve.fitted import FittedEnsemble
+    from ensemble.serve.ensemble import Ensemble
 
-    fitted = FittedEnsemble.load(fitted_ci_run)
+    fitted = Ensemble.load(fitted_ci_run)
     run = fitted.run.with_data(load_dataset(synthetic_folder))
-    cached = {name: cached_member_outputs(run, name, "val") for name in fitted.members}
+    cached = {name: cached_member_outputs(run, name, "val") for name in fitted.members_}
     outputs = fitted.calibrate(
-        np.stack([cached[name]["probabilities"] for name in fitted.members]),
-        [cached[name]["features"] for name in fitted.members],
+        np.stack([cached[name]["probabilities"] for name in fitted.members_]),
+        [cached[name]["features"] for name in fitted.members_],
     )
-    labels = cached[fitted.members[0]]["labels"]
+    labels = cached[fitted.members_[0]]["labels"]
     kinds = ["blur", "jpeg"] * (len(labels) // 2) + ["blur"] * (len(labels) % 2)
     referral = referral_metrics(
         fitted, outputs, labels, shifted=outputs, shift_kinds=kinds, zoomed=outputs
     )
     json.dumps(referral)  # JSON-ready
-    assert referral["combiner"] == fitted.combiner and referral["alpha"] == 0.01
+    assert referral["combiner"] == fitted.combiner_ and referral["alpha"] == 0.01
     assert referral["image_sets"] == ["clean", "shifted", "zoomed"]
     assert referral["groups"] == ["clean", "blur", "jpeg", "zoom"]
     clean = referral["coverage"]["clean"]
     assert clean["n_images"] == len(labels) and clean["mean_set_size"] == 8  # 8 images: all
-    assert [row["class"] for row in clean["per_class"]] == fitted.classes
+    assert [row["class"] for row in clean["per_class"]] == fitted.classes_
     blur = referral["referral"]["blur"]
     assert blur["n_images"] == kinds.count("blur") and blur["referred"] == 1.0
     alphas = [point["alpha"] for point in referral["trade_off"]["clean"]]
@@ -191,9 +191,9 @@ def test_report_on_the_ci_run_has_the_referral_section(
 
 @pytest.mark.parametrize("alpha", [0.2, 0.5])
 def test_decide_sets_match_predict_sets(fitted_ci_run, synthetic_folder, alpha):
-    from ensemble.serve.fitted import FittedEnsemble
+    from ensemble.serve.ensemble import Ensemble
 
-    fitted = FittedEnsemble.load(fitted_ci_run)
+    fitted = Ensemble.load(fitted_ci_run)
     paths = sorted((synthetic_folder / "monocyte").iterdir())[:4]
     decisions = fitted.decide(paths, alpha=alpha)
     assert decisions.refer == "conformal" and decisions.alpha == alpha
@@ -221,9 +221,9 @@ def test_referral_reasons_name_each_cause_and_leave_accepted_images_blank():
 
 @pytest.mark.parametrize("refer", ["conformal", "agreement"])
 def test_every_referred_image_says_why(fitted_ci_run, synthetic_folder, refer):
-    from ensemble.serve.fitted import FittedEnsemble
+    from ensemble.serve.ensemble import Ensemble
 
-    fitted = FittedEnsemble.load(fitted_ci_run)
+    fitted = Ensemble.load(fitted_ci_run)
     paths = sorted((synthetic_folder / "monocyte").iterdir())[:6]
     decisions = fitted.decide(paths, refer=refer, alpha=0.5, min_agreement=0.99)
     for referred, reason in zip(decisions.abstain, decisions.reasons, strict=True):

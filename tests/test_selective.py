@@ -189,13 +189,12 @@ def test_fit_stacker_reports_each_calibrated_target(selective_run):
 
 def test_predict_and_the_api_refer_by_the_selective_thresholds(selective_run, synthetic_folder):
     from ensemble import Ensemble
-    from ensemble.serve.fitted import FittedEnsemble
 
     run, _ = selective_run
     paths = sorted((synthetic_folder / "lymphocyte").iterdir())[:6]
-    fitted = FittedEnsemble.load(run)
+    fitted = Ensemble.load(run)
     decisions = Ensemble.load(run).decide(paths, refer="selective", accepted_accuracy=0.6)
-    selective = fitted.selective[fitted.combiner]
+    selective = fitted.selective_[fitted.combiner_]
     expected = ~selective.accept(decisions.probabilities, 0.6, decisions.out_of_distribution)
     assert decisions.refer == "selective"
     np.testing.assert_array_equal(decisions.abstain, expected)

@@ -9,7 +9,7 @@ import pytest
 from ensemble.combine.base import Blend, MemberOutputs
 from ensemble.combine.shifted_blend import with_copies
 from ensemble.run.directory import RunDir
-from ensemble.serve.fitted import FittedEnsemble
+from ensemble.serve.ensemble import Ensemble
 from tests.conftest import run_cli
 
 
@@ -67,8 +67,8 @@ def test_fit_stacker_with_shift_copies_and_chosen_members(fitted_ci_run, capsys,
     assert selection["members"] == ["tiny-b", "tiny-a"]  # in the order given
     # the conformal calibration half is the clean one a plain fit-stacker holds out
     assert json.loads((run / "combiners/calibration-split.json").read_text()) == clean_split
-    fitted = FittedEnsemble.load(RunDir.open(run))
-    assert fitted.members == ["tiny-b", "tiny-a"] and fitted.fitted_on_shift_copies == 2
+    fitted = Ensemble.load(RunDir.open(run))
+    assert fitted.members_ == ["tiny-b", "tiny-a"] and fitted.fitted_on_shift_copies_ == 2
 
 
 @pytest.mark.parametrize(

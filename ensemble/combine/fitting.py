@@ -524,7 +524,7 @@ def _ood_inputs(
 ) -> dict[str, np.ndarray]:
     """What the OOD detector reads of each member: pooled features, or calibrated probabilities.
 
-    The same as :meth:`ensemble.serve.fitted.FittedEnsemble.ood_from_outputs` reads at predict time.
+    The same as :meth:`ensemble.serve.ensemble.Ensemble.ood_from_outputs` reads at predict time.
     """
     if method == "max_softmax":
         return dict(zip(names, scaler.transform(_stack(outputs, names)), strict=True))

@@ -5,7 +5,7 @@ combiners, each one's cross-validated blend accuracy, the default, whether the c
 fitted with test-time augmentation, how the referral was calibrated (conformal prediction sets
 and the OOD detector: settings, images, files), and the SHA-256 of every file written beside
 it. Written by :func:`ensemble.combine.fitting.fit_combiners`, read by
-:meth:`ensemble.serve.fitted.FittedEnsemble.load`.
+:meth:`ensemble.serve.ensemble.Ensemble.load`.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ from ensemble.report.metrics import (
 )
 from ensemble.report.referral import referral_metrics
 from ensemble.run.directory import Run, RunDir
-from ensemble.serve.fitted import FittedEnsemble
+from ensemble.serve.ensemble import Ensemble
 from ensemble.serve.gallery import report_cards, thumbnail_jpeg
 
 #: The comparison the report leads with: plain voting against the stacker.
@@ -105,7 +105,7 @@ def report_on_split(
     ensemble = _load(run.directory, tta)
     images = {}
     if tta or shifted or zoomed:  # cached outputs need no pixels; TTA and the copies do
-        sizes = {ensemble.input_size(name) for name in ensemble.members}
+        sizes = {ensemble.input_size(name) for name in ensemble.members_}
         stage("report", f"decoding the {split_name} split at {_sizes(sizes)}")
         images = {size: run.images(split_name, size)[0] for size in sizes}
     if tta:
@@ -114,9 +114,9 @@ def report_on_split(
         stage("report", f"members' cached outputs on the {split_name} split")
         outputs = {
             name: cached_member_outputs(
-                run, name, split_name, model_sha256=ensemble.member_hashes[name]
+                run, name, split_name, model_sha256=ensemble.member_hashes_[name]
             )
-            for name in ensemble.members
+            for name in ensemble.members_
         }
     title = f"Members and combiners of run `{run.root}` on the {split_name} split"
     records = [run.dataset.records[i] for i in run.split.positions(run.dataset, split_name)]
@@ -159,7 +159,7 @@ def report_on_dataset(
         RunError: the run has no fitted combiners, or they do not match its members.
     """
     ensemble = _load(RunDir.open(run_root), tta)
-    run_classes = ensemble.classes
+    run_classes = ensemble.classes_
     unknown = [name for name in dataset.classes if name not in run_classes]
     if unknown:
         raise DataError(
@@ -167,7 +167,7 @@ def report_on_dataset(
             f"(run classes: {run_classes}). Rename or leave out those folders."
         )
     images, failures = {}, []
-    for size in sorted({ensemble.input_size(name) for name in ensemble.members}):
+    for size in sorted({ensemble.input_size(name) for name in ensemble.members_}):
         images[size], _, failures = dataset.load_images(size, description=f"decoding {size}px")
     failed = {failure.id for failure in failures}
     keep = np.array([record.id not in failed for record in dataset.records])
@@ -196,8 +196,8 @@ def report_on_dataset(
     )
 
 
-def _load(run: RunDir, tta: bool) -> FittedEnsemble:
-    ensemble = FittedEnsemble.load(run)
+def _load(run: RunDir, tta: bool) -> Ensemble:
+    ensemble = Ensemble.load(run)
     warning = ensemble.tta_warning(tta)
     if warning:
         print(warning, file=sys.stderr)
@@ -246,7 +246,7 @@ def _report_with_shift(
 
 
 def outputs_for_images(
-    ensemble: FittedEnsemble,
+    ensemble: Ensemble,
     images: dict[int, np.ndarray],
     *,
     tta: bool = False,
@@ -267,7 +267,7 @@ def outputs_for_images(
     from ensemble.members.outputs import member_outputs
 
     result = {}
-    for name in ensemble.members:
+    for name in ensemble.members_:
         model = ensemble.model(name)
         batch = images[model.input_shape[1]]
         views = " × 8 views" if tta else ""
@@ -284,7 +284,7 @@ def outputs_for_images(
 
 
 def build_report(
-    ensemble: FittedEnsemble,
+    ensemble: Ensemble,
     outputs: dict[str, dict],
     labels: np.ndarray,
     out: Path,
@@ -323,17 +323,17 @@ def build_report(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    names, classes = ensemble.members, ensemble.classes
+    names, classes = ensemble.members_, ensemble.classes_
     stage(
         "report",
-        f"scoring {len(names) + len(ensemble.combiners)} models on {len(labels)} images",
+        f"scoring {len(names) + len(ensemble.combiners_)} models on {len(labels)} images",
     )
     member_stack = _as_member_outputs(ensemble, outputs)
     probabilities = ensemble.combine_all(member_stack)
     models = score_models(probabilities, labels, member_stack.votes, len(classes))
     best_member = max(names, key=lambda name: models[name]["accuracy"])
-    best_combiner = max(ensemble.combiners, key=lambda name: models[name]["accuracy"])
-    combiners = list(ensemble.combiners)
+    best_combiner = max(ensemble.combiners_, key=lambda name: models[name]["accuracy"])
+    combiners = list(ensemble.combiners_)
     copies = {}  # "shifted" / "zoomed" → (member outputs, every model's probabilities)
     for copy, copy_outputs in (("shifted", shifted), ("zoomed", zoomed)):
         if copy_outputs is not None:
@@ -384,8 +384,8 @@ def build_report(
         "shift_kinds": list(next(iter(shifted_by_kind.values()), {})),
         "zoomed": zoomed_models,
         "tta": tta,
-        "combiners_fitted_with_tta": ensemble.fitted_with_tta,
-        "combiners_fitted_on_shift_copies": ensemble.fitted_on_shift_copies,
+        "combiners_fitted_with_tta": ensemble.fitted_with_tta_,
+        "combiners_fitted_on_shift_copies": ensemble.fitted_on_shift_copies_,
         "prediction_images_per_second": {
             name: round(float(timed[name]["images_per_second"]), 1)
             for name in names
@@ -431,7 +431,7 @@ def write_report_files(metrics: dict, out: Path) -> None:
 
 
 def gallery_referral(
-    ensemble: FittedEnsemble, combiner: str, probabilities: np.ndarray, outputs: MemberOutputs
+    ensemble: Ensemble, combiner: str, probabilities: np.ndarray, outputs: MemberOutputs
 ) -> tuple[str, np.ndarray]:
     """Which images ``predict`` would refer with ``combiner``, by the run's default rule.
 
@@ -446,7 +446,7 @@ def gallery_referral(
     if rule == "conformal":
         sets = ensemble.sets_from_probabilities(probabilities, None, combiner)
         flagged = None
-        if ensemble.ood is not None:
+        if ensemble.ood_ is not None:
             flagged = ensemble.ood_from_outputs(outputs) > ensemble.ood_threshold
         return rule, conformal_referral(probabilities, sets, flagged)
     return rule, agreement_referral(
@@ -613,15 +613,15 @@ def _epochs(path: Path) -> list[dict]:
     ]
 
 
-def _cv_accuracy_on_blend(ensemble: FittedEnsemble) -> dict[str, float]:
+def _cv_accuracy_on_blend(ensemble: Ensemble) -> dict[str, float]:
     """fit-stacker's cross-validated blend accuracy of every combiner and member."""
     from ensemble.combine.selection import Selection
 
     return dict(Selection.read(ensemble.run).cv_accuracy_on_blend)
 
 
-def _as_member_outputs(ensemble: FittedEnsemble, outputs: dict[str, dict]) -> MemberOutputs:
-    names = ensemble.members
+def _as_member_outputs(ensemble: Ensemble, outputs: dict[str, dict]) -> MemberOutputs:
+    names = ensemble.members_
     return ensemble.calibrate(
         np.stack([outputs[name]["probabilities"] for name in names]),
         [outputs[name]["features"] for name in names],

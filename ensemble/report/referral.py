@@ -23,14 +23,14 @@ from ensemble.refer.rule import (
 
 if TYPE_CHECKING:
     from ensemble.combine.base import MemberOutputs
-    from ensemble.serve.fitted import FittedEnsemble
+    from ensemble.serve.ensemble import Ensemble
 
 #: Miss rates of the report's trade-off table: accuracy on accepted images vs referral rate.
 ALPHAS = (0.2, 0.1, 0.05, 0.02, 0.01, 0.005)
 
 
 def referral_metrics(
-    ensemble: FittedEnsemble,
+    ensemble: Ensemble,
     clean: MemberOutputs,
     labels: np.ndarray,
     *,
@@ -65,11 +65,11 @@ def referral_metrics(
         whose coverage falls below the target), ``selective`` (``None`` for a run fitted
         before it: see :func:`_selective_settings` and :func:`_add_selective`).
     """
-    if not ensemble.conformal:
+    if not ensemble.conformal_:
         return {"calibrated": False}
     alpha = ensemble.default_alpha
-    conformal = ensemble.conformal[ensemble.combiner]
-    calibration = ensemble.calibration or {}
+    conformal = ensemble.conformal_[ensemble.combiner_]
+    calibration = ensemble.calibration_ or {}
     image_sets = {"clean": (clean, labels, ["clean"] * len(labels))}
     if shifted is not None:
         kinds = list(shift_kinds) if shift_kinds is not None else ["shifted"] * len(labels)
@@ -78,7 +78,7 @@ def referral_metrics(
         image_sets["zoomed"] = (zoomed, labels, [zoom_kind] * len(labels))
     result = {
         "calibrated": True,
-        "combiner": ensemble.combiner,
+        "combiner": ensemble.combiner_,
         "alpha": alpha,
         "target_coverage": 1.0 - alpha,
         "conformal": {
@@ -86,7 +86,7 @@ def referral_metrics(
             "mondrian": conformal.mondrian,
             "n_calibration": len(conformal.calibration_scores_),
             "n_needed": minimum_calibration_size(alpha),
-            "fallback_classes": [ensemble.classes[k] for k in conformal.fallback_classes(alpha)],
+            "fallback_classes": [ensemble.classes_[k] for k in conformal.fallback_classes(alpha)],
             "design": calibration.get("design", ""),
         },
         "ood": None,
@@ -97,23 +97,23 @@ def referral_metrics(
         "referral": {},
         "below_target": [],
     }
-    if ensemble.ood is not None:
+    if ensemble.ood_ is not None:
         result["ood"] = {
-            "method": ensemble.ood.method,
-            "target_referral": ensemble.ood.target_referral,
+            "method": ensemble.ood_.method,
+            "target_referral": ensemble.ood_.target_referral,
             "threshold": ensemble.ood_threshold,
-            "n_calibration": len(ensemble.ood.calibration_scores_),
+            "n_calibration": len(ensemble.ood_.calibration_scores_),
         }
     result["selective"] = _selective_settings(ensemble)
     for name, (outputs, truth, kinds) in image_sets.items():
         probabilities = ensemble.combine(outputs)
         flagged = None
-        if ensemble.ood is not None:
+        if ensemble.ood_ is not None:
             flagged = ensemble.ood_from_outputs(outputs) > ensemble.ood_threshold
         if result["selective"] is not None:
             _add_selective(result["selective"], name, ensemble, outputs, truth, flagged)
         sets = ensemble.sets_from_probabilities(probabilities, alpha)
-        result["coverage"][name] = _coverage(sets, truth, ensemble.classes)
+        result["coverage"][name] = _coverage(sets, truth, ensemble.classes_)
         result["trade_off"][name] = [
             _accepted(
                 probabilities,
@@ -148,11 +148,11 @@ def referral_metrics(
 REFERRAL_SHARES = tuple(round(0.01 * step, 2) for step in range(51))
 
 
-def _selective_settings(ensemble: FittedEnsemble) -> dict | None:
+def _selective_settings(ensemble: Ensemble) -> dict | None:
     """The selective rule of the default combiner as calibrated: targets, bounds, thresholds."""
-    if not ensemble.selective:
+    if not ensemble.selective_:
         return None
-    selective = ensemble.selective[ensemble.combiner]
+    selective = ensemble.selective_[ensemble.combiner_]
     targets = []
     for target in selective.targets:
         calibration = selective.calibration_[target]
@@ -172,7 +172,7 @@ def _selective_settings(ensemble: FittedEnsemble) -> dict | None:
             }
         )
     return {
-        "combiner": ensemble.combiner,
+        "combiner": ensemble.combiner_,
         "delta": selective.delta,
         "score": selective.score,
         "per_class": selective.per_class,
@@ -184,7 +184,7 @@ def _selective_settings(ensemble: FittedEnsemble) -> dict | None:
 def _add_selective(
     record: dict,
     image_set: str,
-    ensemble: FittedEnsemble,
+    ensemble: Ensemble,
     outputs: MemberOutputs,
     labels: np.ndarray,
     flagged: np.ndarray | None,
@@ -195,14 +195,14 @@ def _add_selective(
     answers referred, and per predicted class the same. The curves: for every combiner and
     member, the accuracy on the images kept when the least confident ``share`` are referred.
     """
-    selective = ensemble.selective[ensemble.combiner]
+    selective = ensemble.selective_[ensemble.combiner_]
     probabilities = ensemble.combine(outputs)
     predicted = probabilities.argmax(axis=1)
     correct = predicted == labels
     for entry in record["targets"]:
         accepted = selective.accept(probabilities, entry["target"], flagged)
         per_class = []
-        for index, name in enumerate(ensemble.classes):
+        for index, name in enumerate(ensemble.classes_):
             rows = predicted == index
             per_class.append(
                 {

@@ -39,8 +39,7 @@ from ensemble.core.progress import progress
 from ensemble.data.images import UnreadableImage, crop_and_resize, decode_image
 from ensemble.data.sources import SYSTEM_FILES
 from ensemble.refer.rule import DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_CONFIDENCE
-from ensemble.serve.api import Ensemble
-from ensemble.serve.fitted import Decisions, FittedEnsemble
+from ensemble.serve.ensemble import Decisions, Ensemble
 from ensemble.serve.prediction_files import (
     RowTally,
     default_output,
@@ -141,24 +140,19 @@ class PredictionJob:
     header: dict
 
     @property
-    def fitted(self) -> FittedEnsemble:
-        """The underlying fitted ensemble."""
-        return self.ensemble.fitted_
-
-    @property
     def members(self) -> list[str]:
         """Member names (one ``vote_<member>`` column each)."""
-        return list(self.fitted.members)
+        return list(self.ensemble.members_)
 
     @property
     def classes(self) -> list[str]:
         """Class names (one ``proba_<class>`` column each)."""
-        return list(self.fitted.classes)
+        return list(self.ensemble.classes_)
 
     @property
     def sizes(self) -> list[int]:
         """The members' input sizes: each file is decoded once and resized to each of them."""
-        return sorted({self.fitted.input_size(name) for name in self.fitted.members})
+        return sorted({self.ensemble.input_size(name) for name in self.ensemble.members_})
 
     @property
     def chunk(self) -> int:
@@ -185,7 +179,7 @@ def prepare_prediction(
     min_confidence: float = DEFAULT_MIN_CONFIDENCE,
     alpha: float | None = None,
     refer: str | None = None,
-    ensemble: Ensemble | FittedEnsemble | None = None,
+    ensemble: Ensemble | None = None,
     accepted_accuracy: float | None = None,
 ) -> PredictionJob:
     """List the files, load the ensemble, check the settings and print their warnings.
@@ -204,9 +198,7 @@ def prepare_prediction(
         raise ConfigError(f"no files found under {folder}")
     if ensemble is None:
         ensemble = Ensemble.load(run_root, combiner)
-    elif isinstance(ensemble, FittedEnsemble):
-        ensemble = Ensemble(ensemble)
-    fitted = ensemble.fitted_
+    fitted = ensemble
     settings = {
         "alpha": alpha,
         "refer": refer,
@@ -238,7 +230,7 @@ def predict_folder(
     min_confidence: float = DEFAULT_MIN_CONFIDENCE,
     alpha: float | None = None,
     refer: str | None = None,
-    ensemble: Ensemble | FittedEnsemble | None = None,
+    ensemble: Ensemble | None = None,
     accepted_accuracy: float | None = None,
 ) -> Predictions:
     """Predict every file under ``folder`` (recursively); see the module docstring.
@@ -270,7 +262,7 @@ def predict_folder(
     Raises:
         ConfigError: the folder is missing or holds no files, a threshold or ``alpha`` is out
             of range, or ``refer`` is unknown.
-        RunError: the run cannot be used (see :meth:`FittedEnsemble.load`), or ``refer`` is
+        RunError: the run cannot be used (see :meth:`Ensemble.load`), or ``refer`` is
             ``"conformal"`` on a run fitted before prediction sets.
     """
     job = prepare_prediction(
@@ -334,8 +326,8 @@ def rows_for_chunk(
         One dict per file, keys in :func:`prediction_columns` order; values are Python str,
         float, int, bool or None.
     """
-    fitted = ensemble.fitted_
-    columns = prediction_columns(fitted.classes, fitted.members)
+    fitted = ensemble
+    columns = prediction_columns(fitted.classes_, fitted.members_)
     rows = [dict.fromkeys(columns) | {"path": relative} for relative in relatives]
     good = []
     for row, outcome in zip(rows, outcomes, strict=True):
@@ -346,7 +338,7 @@ def rows_for_chunk(
     if good:
         sizes = sorted(good[0][1])
         images = {size: np.stack([outcome[size] for _, outcome in good]) for size in sizes}
-        decisions = ensemble.fitted_.decide(images, **settings)  # warned once, before
+        decisions = ensemble.decide(images, **settings, warn=False)  # warned once, before
         for index, (row, _) in enumerate(good):
             _fill_row(row, decisions, index, fitted)
     return rows
@@ -380,9 +372,9 @@ def _decoded_chunks(job: PredictionJob, chunk: int) -> Iterator[tuple[list[str],
             yield batch, [future.result() for future in current]
 
 
-def _fill_row(row: dict, decisions: Decisions, index: int, fitted: FittedEnsemble) -> None:
+def _fill_row(row: dict, decisions: Decisions, index: int, fitted: Ensemble) -> None:
     """One image's values, as Python numbers, booleans and strings (None where unknown)."""
-    classes = fitted.classes
+    classes = fitted.classes_
     predicted = int(decisions.predictions[index])
     row["prediction"] = classes[predicted]
     row["confidence"] = float(decisions.confidence[index])
@@ -399,36 +391,36 @@ def _fill_row(row: dict, decisions: Decisions, index: int, fitted: FittedEnsembl
         row["out_of_distribution"] = bool(decisions.out_of_distribution[index])
     for name, probability in zip(classes, decisions.probabilities[index], strict=True):
         row[f"proba_{name}"] = float(probability)
-    for name, vote in zip(fitted.members, decisions.votes[:, index], strict=True):
+    for name, vote in zip(fitted.members_, decisions.votes[:, index], strict=True):
         row[f"vote_{name}"] = classes[int(vote)]
 
 
-def _header(fitted: FittedEnsemble, alpha: float | None, refer: str, settings: dict) -> dict:
+def _header(fitted: Ensemble, alpha: float | None, refer: str, settings: dict) -> dict:
     """What the JSON output says about how its rows were made."""
     return {
         "run": str(fitted.run.root),
-        "combiner": fitted.combiner,
+        "combiner": fitted.combiner_,
         "alpha": alpha,
         "refer": refer,
         "min_agreement": settings["min_agreement"],
         "min_confidence": settings["min_confidence"],
         "accepted_accuracy": _accepted_accuracy(fitted, refer, settings["accepted_accuracy"]),
         "ood_threshold": fitted.ood_threshold,
-        "ood_method": fitted.ood.method if fitted.ood is not None else None,
-        "conformal_score": fitted.conformal[fitted.combiner].score if fitted.conformal else None,
-        "mondrian": fitted.conformal[fitted.combiner].mondrian if fitted.conformal else None,
+        "ood_method": fitted.ood_.method if fitted.ood_ is not None else None,
+        "conformal_score": fitted.conformal_[fitted.combiner_].score if fitted.conformal_ else None,
+        "mondrian": fitted.conformal_[fitted.combiner_].mondrian if fitted.conformal_ else None,
         "tta": settings["tta"],
-        "classes": list(fitted.classes),
-        "members": list(fitted.members),
+        "classes": list(fitted.classes_),
+        "members": list(fitted.members_),
         "package_version": __version__,
     }
 
 
-def _accepted_accuracy(fitted: FittedEnsemble, refer: str, asked: float | None) -> float | None:
+def _accepted_accuracy(fitted: Ensemble, refer: str, asked: float | None) -> float | None:
     """The selective rule's guaranteed accepted accuracy (``None`` under the other rules)."""
     if refer != "selective":
         return None
-    return fitted.selective[fitted.combiner].resolve_target(asked)
+    return fitted.selective_[fitted.combiner_].resolve_target(asked)
 
 
 def iter_files(folder: Path) -> Iterator[Path]:

@@ -37,7 +37,7 @@ from ensemble.run.ray_train import (
     require_ray,
     thread_env,
 )
-from ensemble.serve.api import Ensemble
+from ensemble.serve.ensemble import Ensemble
 from ensemble.serve.predict import PredictionJob, announce_skipped, decode_file, rows_for_chunk
 
 
@@ -152,8 +152,8 @@ def iter_prediction_rows_on_ray(
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors),
             fn_constructor_kwargs={
-                "run_root": str(Path(job.fitted.run.root).resolve()),
-                "combiner": job.fitted.combiner,
+                "run_root": str(Path(job.ensemble.run.root).resolve()),
+                "combiner": job.ensemble.combiner_,
                 "folder": str(job.folder.resolve()),
                 "settings": job.settings,
                 "sizes": job.sizes,

@@ -1,23 +1,27 @@
-"""A fitted ensemble: a run's members, temperatures and combiners, loaded and verified once.
+"""The public :class:`Ensemble`: a run's members, temperatures, combiners and referral.
 
-:meth:`FittedEnsemble.load` is the one loader behind ``predict``, ``report`` and the Python API:
+:meth:`Ensemble.load` is the one loader behind ``predict``, ``report`` and the Python API:
 it reads the selection fit-stacker wrote, hashes each member's model once and checks it and
 every combiner file against the selection, and loads the temperatures, every registered
 combiner through :mod:`ensemble.combine.base`' interface (no combiner is special-cased here), the
 conformal calibration of every combiner and member and the OOD detector — the last two verified
 against the same member hashes. Member models are loaded on first use, in Keras safe mode.
-Nothing is unpickled. The documented public API, :class:`ensemble.Ensemble`, wraps this class.
+Nothing is unpickled.
 
 Example:
-    >>> ensemble = FittedEnsemble.load("runs/pbc-cpu")  # doctest: +SKIP
-    >>> ensemble.predict(images)  # uint8 (N, H, W, 3), any size  # doctest: +SKIP
-    array([6, 0, 3, ...])
-    >>> ensemble.predict_sets(images, alpha=0.05)  # (N, K) bool  # doctest: +SKIP
+    >>> from ensemble import Ensemble
+    >>> ens = Ensemble.load("runs/pbc-cpu")  # doctest: +SKIP
+    >>> ens.classes_  # doctest: +SKIP
+    ['basophil', 'eosinophil', 'erythroblast', 'ig', 'lymphocyte', 'monocyte', ...]
+    >>> ens.predict(images)  # uint8 (N, H, W, 3), any size  # doctest: +SKIP
+    array(['neutrophil', 'basophil', ...], dtype='<U12')
+    >>> ens.predict_sets(images, alpha=0.05)  # (N, K) bool  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +34,7 @@ from ensemble.combine.registry import registered_combiners
 from ensemble.combine.selection import TEMPERATURES, Selection
 from ensemble.combine.temperature import TemperatureScaling
 from ensemble.core.artifacts import load_keras_model
+from ensemble.core.console import quiet_console
 from ensemble.core.errors import ConfigError, DataError, RunError, did_you_mean
 from ensemble.core.hashes import check_recorded_hashes, file_sha256
 from ensemble.data.images import UnreadableImage, crop_and_resize, decode_image
@@ -100,29 +105,41 @@ class Decisions:
         return (self.votes == self.predictions[None, :]).mean(axis=0)
 
 
-class FittedEnsemble:
-    """A run's trained members and fitted combiners, ready to classify images.
+class Ensemble:
+    """A fitted run — members, temperatures, combiners, referral — as one classifier.
 
-    Build it with :meth:`load`.
+    The one public class (``from ensemble import Ensemble``), in scikit-learn's style: build it
+    with :meth:`load`; what fit-stacker learned ends in ``_``; :meth:`predict` returns class
+    names, :meth:`predict_proba` their probabilities. ``predict``, ``report`` and
+    ``predict --ray`` go through it too, so the numbers are the command's.
+
+    ``images`` below is a list of image file paths (any PIL-readable format) or a ``uint8``
+    array ``(N, H, W, 3)`` of RGB images at any size; each is centre-cropped to a square and
+    resized to each member's input size, as ``predict`` does with files.
+
+    Example:
+        >>> ens = Ensemble.load("runs/pbc-cpu")  # doctest: +SKIP
+        >>> ens.predict(["cell1.jpg", "cell2.jpg"])  # doctest: +SKIP
+        array(['neutrophil', 'platelet'], dtype='<U12')
 
     Attributes:
         run: the run directory.
-        classes: class names, in probability-column order.
-        members: member names, in the order the combiners were fitted on.
-        combiner: the combiner (or member) that :meth:`predict_proba` uses by default.
-        default_combiner: the one fit-stacker chose on ``blend``.
-        fitted_with_tta: whether the combiners were fitted on test-time-augmented outputs.
-        fitted_on_shift_copies: how many seeded shifted copies of blend the combiners were
+        classes_: class names, in probability-column order.
+        members_: member names, in the order the combiners were fitted on.
+        combiner_: the combiner (or member) whose probabilities are used.
+        default_combiner_: the one fit-stacker chose on ``blend``.
+        fitted_with_tta_: whether the combiners were fitted on test-time-augmented outputs.
+        fitted_on_shift_copies_: how many seeded shifted copies of blend the combiners were
             fitted on besides the clean images (``fit-stacker --shift-copies``).
-        temperatures: each member's temperature scaling.
-        combiners: every fitted combiner by name (registry order).
-        member_hashes: SHA-256 of each member's model, as verified at load.
-        calibration: what fit-stacker recorded about the referral (see
+        temperatures_: each member's temperature scaling.
+        combiners_: every fitted combiner by name (registry order).
+        member_hashes_: SHA-256 of each member's model, as verified at load.
+        calibration_: what fit-stacker recorded about the referral (see
             :class:`~ensemble.combine.selection.Selection`), or ``None`` for a run fitted before it.
-        conformal: the conformal calibration of every combiner and member, by name (empty when
+        conformal_: the conformal calibration of every combiner and member, by name (empty when
             the run is not calibrated).
-        ood: the OOD detector, or ``None``.
-        selective: the selective thresholds of every combiner and member, by name (empty for
+        ood_: the OOD detector, or ``None``.
+        selective_: the selective thresholds of every combiner and member, by name (empty for
             runs fitted before them).
     """
 
@@ -139,24 +156,24 @@ class FittedEnsemble:
         selective: dict[str, SelectiveClassifier] | None = None,
     ) -> None:
         self.run = run
-        self.classes = run.classes
-        self.members = list(selection.members)
-        self.default_combiner = selection.default_combiner
-        self.fitted_with_tta = selection.tta
-        self.fitted_on_shift_copies = selection.shift_copies
-        self.temperatures = temperatures
-        self.combiners = combiners
-        self.member_hashes = member_hashes
-        self.calibration = selection.calibration
-        self.conformal = conformal or {}
-        self.ood = ood
-        self.selective = selective or {}
-        self.combiner = self._resolve(combiner or selection.default_combiner)
+        self.classes_ = run.classes
+        self.members_ = list(selection.members)
+        self.default_combiner_ = selection.default_combiner
+        self.fitted_with_tta_ = selection.tta
+        self.fitted_on_shift_copies_ = selection.shift_copies
+        self.temperatures_ = temperatures
+        self.combiners_ = combiners
+        self.member_hashes_ = member_hashes
+        self.calibration_ = selection.calibration
+        self.conformal_ = conformal or {}
+        self.ood_ = ood
+        self.selective_ = selective or {}
+        self.combiner_ = self._resolve(combiner or selection.default_combiner)
         self._models: dict = {}
         self._forward_models: dict = {}
 
     @classmethod
-    def load(cls, run_dir: Path | str | RunDir, combiner: str | None = None) -> FittedEnsemble:
+    def load(cls, run_dir: Path | str | RunDir, combiner: str | None = None) -> Ensemble:
         """Load a run's fitted ensemble, verifying every file against fit-stacker's record.
 
         Args:
@@ -172,6 +189,8 @@ class FittedEnsemble:
                 calibration file changed since fit-stacker (each message says what to run).
             ConfigError: ``combiner`` is not one of the choices (listed in the message).
         """
+        if not os.environ.get("ENSEMBLE_VERBOSE"):
+            quiet_console()  # as quiet as the command line, before TensorFlow loads a member
         run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
         selection = Selection.read(run)
         hashes = run.model_hashes(selection.members)  # once per load
@@ -210,12 +229,15 @@ class FittedEnsemble:
     def choices(self) -> list[str]:
         """Every valid ``combiner``: the combiners, the members, and ``ovr`` if there is one."""
         ovr = ["ovr"] if self._ovr_members() else []
-        return [*self.combiners, *self.members, *ovr]
+        return [*self.combiners_, *self.members_, *ovr]
+
+    def __repr__(self) -> str:
+        return f"Ensemble(run={str(self.run.root)!r}, combiner={self.combiner_!r})"
 
     def choice_summary(self) -> str:
         """The valid ``combiner`` values in one line: combiners, members, and ``ovr``."""
-        combiners = list(self.combiners)
-        members = list(self.members)
+        combiners = list(self.combiners_)
+        members = list(self.members_)
         text = f"the combiners {combiners} or a member {members}"
         if self._ovr_members():
             text += " ('ovr' = the first one-vs-rest member)"
@@ -233,10 +255,10 @@ class FittedEnsemble:
 
     def tta_warning(self, tta: bool) -> str | None:
         """A one-line warning when applied with another TTA setting than fitted with, else None."""
-        if tta == self.fitted_with_tta:
+        if tta == self.fitted_with_tta_:
             return None
-        fitted, applied = ("with", "without") if self.fitted_with_tta else ("without", "with")
-        advice = "pass --tta" if self.fitted_with_tta else "run `ensemble fit-stacker --tta`"
+        fitted, applied = ("with", "without") if self.fitted_with_tta_ else ("without", "with")
+        advice = "pass --tta" if self.fitted_with_tta_ else "run `ensemble fit-stacker --tta`"
         return (
             f"warning: the combiners of {self.run.root} were fitted {fitted} test-time "
             f"augmentation but are applied {applied} it; their weights and temperatures may "
@@ -260,7 +282,7 @@ class FittedEnsemble:
         """
         by_size = self.images_by_size(images)
         probabilities, features = [], []
-        for name in self.members:
+        for name in self.members_:
             member_probabilities, member_features = average_over_views(
                 lambda view, name=name: self._forward(name, view, batch_size),
                 by_size[self.input_size(name)],
@@ -280,7 +302,7 @@ class FittedEnsemble:
         probabilities = np.asarray(probabilities)
         return MemberOutputs(
             probabilities=probabilities,
-            calibrated=self.temperatures.transform(probabilities),
+            calibrated=self.temperatures_.transform(probabilities),
             features=tuple(features),
         )
 
@@ -290,15 +312,15 @@ class FittedEnsemble:
         Raises:
             ConfigError: ``combiner`` is not one of :meth:`choices`.
         """
-        name = self._resolve(combiner) if combiner else self.combiner
-        if name in self.combiners:
-            return self.combiners[name].combine(outputs)
-        return outputs.calibrated[self.members.index(name)]
+        name = self._resolve(combiner) if combiner else self.combiner_
+        if name in self.combiners_:
+            return self.combiners_[name].combine(outputs)
+        return outputs.calibrated[self.members_.index(name)]
 
     def combine_all(self, outputs: MemberOutputs) -> dict[str, np.ndarray]:
         """Class probabilities of every member (calibrated), then of every combiner."""
-        result = {name: outputs.calibrated[index] for index, name in enumerate(self.members)}
-        for name, combiner in self.combiners.items():
+        result = {name: outputs.calibrated[index] for index, name in enumerate(self.members_)}
+        for name, combiner in self.combiners_.items():
             result[name] = combiner.combine(outputs)
         return result
 
@@ -309,15 +331,31 @@ class FittedEnsemble:
         return self.combine(self.member_outputs(images, tta=tta, batch_size=batch_size))
 
     def predict(self, images: Images, *, tta: bool = False, batch_size: int = 256) -> np.ndarray:
-        """Predicted class index per image (names: ``ensemble.classes[index]``)."""
-        return self.predict_proba(images, tta=tta, batch_size=batch_size).argmax(axis=1)
+        """Predicted class name per image, ``(N,)`` strings.
+
+        Raises:
+            DataError: no images, a path that cannot be decoded, or an array that is not
+                ``(N, H, W, 3)``.
+        """
+        indices = self.predict_proba(images, tta=tta, batch_size=batch_size).argmax(axis=1)
+        return np.asarray(self.classes_)[indices]
 
     # Referral: prediction sets, out-of-distribution scores, the abstain rule.
 
     @property
+    def alpha_(self) -> float | None:
+        """The miss rate the sets were calibrated for by default (``None``: not calibrated)."""
+        return self.default_alpha
+
+    @property
+    def ood_threshold_(self) -> float | None:
+        """OOD score above which an image is referred (``None``: no detector)."""
+        return self.ood_threshold
+
+    @property
     def default_alpha(self) -> float | None:
         """The miss rate the sets were calibrated for by default (``None``: not calibrated)."""
-        return next(iter(self.conformal.values())).alpha if self.conformal else None
+        return next(iter(self.conformal_.values())).alpha if self.conformal_ else None
 
     def predict_sets(
         self,
@@ -345,7 +383,7 @@ class FittedEnsemble:
             ConfigError: ``alpha`` outside ``(0, 1)``, or an unknown ``combiner``.
         """
         outputs = self._as_outputs(images, tta, batch_size)
-        name = self._resolve(combiner) if combiner else self.combiner
+        name = self._resolve(combiner) if combiner else self.combiner_
         return self.sets_from_probabilities(self.combine(outputs, name), alpha, name)
 
     def sets_from_probabilities(
@@ -363,7 +401,7 @@ class FittedEnsemble:
 
     def calibration_warning(self, alpha: float | None = None) -> str | None:
         """A one-line warning when the calibration is too small for ``alpha``, else None."""
-        if not self.conformal:
+        if not self.conformal_:
             return None
         conformal = self._conformal(None)
         alpha = check_rate(conformal.alpha if alpha is None else alpha, "alpha")
@@ -375,7 +413,7 @@ class FittedEnsemble:
                 f"{n_images} images; alpha={alpha} needs {needed}, so every set holds every "
                 "class (pass a larger --alpha, or fit a run with more blend images)"
             )
-        short = [self.classes[k] for k in conformal.fallback_classes(alpha)]
+        short = [self.classes_[k] for k in conformal.fallback_classes(alpha)]
         if short:
             return (
                 f"warning: Mondrian prediction sets: classes {short} have fewer than {needed} "
@@ -401,7 +439,7 @@ class FittedEnsemble:
         lines = [self.tta_warning(tta)]
         if rule == "conformal":
             lines.append(self.calibration_warning(alpha))
-        elif asked is None and not self.conformal:
+        elif asked is None and not self.conformal_:
             lines.append(
                 f"note: run {self.run.root} was fitted before prediction sets: abstain follows "
                 "member agreement and confidence (run `ensemble fit-stacker` again for sets)"
@@ -421,7 +459,7 @@ class FittedEnsemble:
 
         Well enough: the calibration has the images ``alpha`` needs, so sets are not all classes.
         """
-        if not self.conformal:
+        if not self.conformal_:
             return "agreement"
         conformal = self._conformal(None)
         alpha = check_rate(conformal.alpha if alpha is None else alpha, "alpha")
@@ -440,20 +478,20 @@ class FittedEnsemble:
 
     def ood_from_outputs(self, outputs: MemberOutputs) -> np.ndarray:
         """:meth:`ood_scores` of member outputs already computed (no forward pass)."""
-        if self.ood is None:
+        if self.ood_ is None:
             raise RunError(
                 f"run {self.run.root} has no OOD detector. Run `ensemble fit-stacker` again."
             )
-        if self.ood.method == "max_softmax":
-            inputs = dict(zip(self.members, outputs.calibrated, strict=True))
+        if self.ood_.method == "max_softmax":
+            inputs = dict(zip(self.members_, outputs.calibrated, strict=True))
         else:
-            inputs = dict(zip(self.members, outputs.features, strict=True))
-        return self.ood.score(inputs)
+            inputs = dict(zip(self.members_, outputs.features, strict=True))
+        return self.ood_.score(inputs)
 
     @property
     def ood_threshold(self) -> float | None:
         """OOD score above which an image is referred (``None``: no detector)."""
-        return None if self.ood is None else self.ood.threshold()
+        return None if self.ood_ is None else self.ood_.threshold()
 
     def decide(
         self,
@@ -466,8 +504,11 @@ class FittedEnsemble:
         accepted_accuracy: float | None = None,
         tta: bool = False,
         batch_size: int = 256,
+        warn: bool = True,
     ) -> Decisions:
         """Everything about each image in one forward pass: class, set, OOD score, referral.
+
+        What ``ensemble predict`` writes per file.
 
         Args:
             images: see :data:`Images`, or member outputs already computed.
@@ -483,21 +524,29 @@ class FittedEnsemble:
                 one of those fit-stacker calibrated; ``None`` = the one it was asked for.
             tta: average each member over the 8 dihedral views.
             batch_size: images per forward pass.
+            warn: say through :mod:`warnings` what the command line says on stderr (a TTA
+                setting unlike the fitted one, a calibration too small, the rule fallen back
+                to); ``predict`` says it once and passes False for each chunk.
 
         Raises:
             ConfigError: an unknown ``refer``, a bad ``alpha`` or threshold.
             RunError: ``refer="conformal"`` on a run fitted before prediction sets.
         """
+        asked = refer
         refer, alpha = self.referral_settings(
             alpha, refer, min_agreement, min_confidence, accepted_accuracy
         )
+        if warn:
+            for line in self.referral_warnings(tta, alpha, asked=asked, rule=refer):
+                message = line.removeprefix("warning: ").removeprefix("note: ")
+                warnings.warn(message, stacklevel=2)
         outputs = self._as_outputs(images, tta, batch_size)
         probabilities = self.combine(outputs)
         sets = None
-        if self.conformal:
+        if self.conformal_:
             sets = self.sets_from_probabilities(probabilities, alpha)
         scores = flagged = None
-        if self.ood is not None:
+        if self.ood_ is not None:
             scores = self.ood_from_outputs(outputs)
             flagged = scores > self.ood_threshold
         if refer == "conformal":
@@ -561,12 +610,12 @@ class FittedEnsemble:
         refer = refer or self.default_refer(alpha)
         if refer == "selective" or accepted_accuracy is not None:
             self._selective(None).resolve_target(accepted_accuracy)
-        if refer == "conformal" and not self.conformal:
+        if refer == "conformal" and not self.conformal_:
             raise RunError(
                 f"run {self.run.root} has no prediction sets (fitted before them). Run "
                 "`ensemble fit-stacker` again, or refer by agreement."
             )
-        if not self.conformal:
+        if not self.conformal_:
             return refer, None
         return refer, self.default_alpha if alpha is None else float(alpha)
 
@@ -576,7 +625,7 @@ class FittedEnsemble:
         Raises:
             DataError: a path cannot be decoded, or an array is not ``(N, H, W, 3)``.
         """
-        sizes = sorted({self.input_size(name) for name in self.members})
+        sizes = sorted({self.input_size(name) for name in self.members_})
         if isinstance(images, Mapping):
             missing = [size for size in sizes if size not in images]
             if missing:
@@ -609,23 +658,23 @@ class FittedEnsemble:
         return self.member_outputs(images, tta=tta, batch_size=batch_size)
 
     def _conformal(self, combiner: str | None) -> ConformalClassifier:
-        if not self.conformal:
+        if not self.conformal_:
             raise RunError(
                 f"run {self.run.root} has no prediction sets (fitted before them). Run "
                 "`ensemble fit-stacker` again."
             )
-        return self.conformal[self._resolve(combiner) if combiner else self.combiner]
+        return self.conformal_[self._resolve(combiner) if combiner else self.combiner_]
 
     def _selective(self, combiner: str | None) -> SelectiveClassifier:
-        if not self.selective:
+        if not self.selective_:
             raise RunError(
                 f"run {self.run.root} has no selective thresholds (fitted before them). Run "
                 "`ensemble fit-stacker` again."
             )
-        return self.selective[self._resolve(combiner) if combiner else self.combiner]
+        return self.selective_[self._resolve(combiner) if combiner else self.combiner_]
 
     def _ovr_members(self) -> list[str]:
-        return [name for name in self.members if self.run.member_spec(name).kind == "ovr"]
+        return [name for name in self.members_ if self.run.member_spec(name).kind == "ovr"]
 
     def _resolve(self, combiner: str) -> str:
         choices = self.choices()
