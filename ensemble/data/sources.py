@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ensemble.core.errors import DataError
+from ensemble.core.hashes import file_sha256
 from ensemble.core.progress import progress
 from ensemble.data.images import (
     IMAGE_SUFFIXES,
@@ -26,7 +27,6 @@ from ensemble.data.images import (
     UnreadableImage,
     crop_and_resize,
     decode_image,
-    file_sha256,
     pixel_hash,
 )
 
