@@ -42,7 +42,17 @@ _state = {"debug": False}
 DataArgument = Annotated[
     Path | None,
     typer.Argument(
-        help="Class folder DIR/<class>/<image>, an .npz (images, labels) or a path,label CSV.",
+        metavar="DATA",
+        help="The same as --data (kept for scripts written before --data).",
+        show_default=False,
+    ),
+]
+DataOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="Labelled images: a class folder DIR/<class>/<image>, an .npz (images, labels) or "
+        "a path,label CSV.",
         show_default=False,
     ),
 ]
@@ -105,7 +115,8 @@ def _names(values: list[str] | None) -> list[str]:
 
 @app.command()
 def audit(
-    data: DataArgument = None,
+    data_argument: DataArgument = None,
+    data: DataOption = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the full report as JSON here.")
     ] = None,
@@ -130,6 +141,7 @@ def audit(
     limit: Annotated[int, typer.Option(min=0, help="Findings shown per kind.")] = 5,
 ) -> None:
     """Find unreadable files, duplicates, label conflicts, non-cell images and colour casts."""
+    data = _one_data(data, data_argument)
     from ensemble.data.audit import AuditThresholds, run_audit
 
     thresholds = AuditThresholds(near_duplicate, colour_cast, non_cell)
@@ -174,8 +186,9 @@ def demo(
 
 @app.command()
 def split(
-    data: DataArgument = None,
-    out: Annotated[Path, typer.Option("--out", help="Where to write the split JSON.")] = Path(
+    data_argument: DataArgument = None,
+    data: DataOption = None,
+    out: Annotated[Path, typer.Option("--out", help="The split file to write.")] = Path(
         "split.json"
     ),
     seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
@@ -193,7 +206,7 @@ def split(
     from ensemble.data.split import SPLITS, check_fractions, make_split, save_split
 
     shares = check_fractions(dict(zip(SPLITS, _parse_fractions(fractions), strict=True)))
-    dataset = _load(data, classes, data_root)
+    dataset = _load(_one_data(data, data_argument), classes, data_root)
     report = run_audit(dataset)
     excluded = sorted(report.excluded_ids()) if clean else []
     result = make_split(dataset, report.groups, shares, seed, excluded)
@@ -214,15 +227,22 @@ def train_members(
     pipeline: PipelineOption,
     data: Annotated[Path, typer.Option(help="Class folder, .npz or CSV manifest.")],
     run: Annotated[
-        Path | None, typer.Option(help="Run directory (default runs/<pipeline name>).")
+        Path | None,
+        typer.Option(help="Run directory (default: runs/<pipeline name>).", show_default=False),
     ] = None,
     only: Annotated[
         list[str] | None,
         typer.Option(
-            metavar="NAMES", help="Train only these members: --only a,b or --only a --only b."
+            "--members",
+            "--only",
+            metavar="NAMES",
+            help="Train only these members: --members a,b or --members a --members b "
+            "(--only is the same). Default: every member of the pipeline.",
         ),
     ] = None,
-    force: Annotated[bool, typer.Option(help="Retrain members that already exist.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Retrain members that already exist.")
+    ] = False,
     strategy: Annotated[
         Strategy, typer.Option(help="'mirrored' trains under tf.distribute.MirroredStrategy.")
     ] = Strategy.default,
@@ -636,7 +656,11 @@ def report(
         SplitName, typer.Option(help="Split of the run's data to report on.")
     ] = SplitName.test,
     out: Annotated[
-        Path | None, typer.Option(help="Output folder (default results/<run name>).")
+        Path | None,
+        typer.Option(
+            help="Output folder (default: <run>/report, inside the run directory).",
+            show_default=False,
+        ),
     ] = None,
     data: Annotated[
         Path | None,
@@ -671,7 +695,7 @@ def report(
 
     directory = RunDir.open(run)
     dataset = _load(directory.data_source(data), classes, data_root)
-    target = out or Path("results") / run.name
+    target = out or run / "report"
     options = {"shifted": shifted, "zoomed": zoomed, "shift_seed": shift_seed, "tta": tta}
     if dataset.fingerprint() == directory.manifest["data_fingerprint"]:
         metrics = report_on_split(directory.with_data(dataset), split.value, target, **options)
@@ -743,11 +767,20 @@ def _parse_fractions(text: str) -> list[float]:
     return values
 
 
+def _one_data(option: Path | None, argument: Path | None) -> Path | None:
+    """``--data``, or the DATA argument it replaces; both only when they name the same thing."""
+    if option is not None and argument is not None and option != argument:
+        raise typer.BadParameter(f"give the data once: --data {option} or {argument}, not both")
+    return option if option is not None else argument
+
+
 def _load(data: Path | None, classes: str | None, data_root: Path | None):
     from ensemble.data.sources import load_dataset
 
     if data is None:
-        raise typer.BadParameter("give a DATA folder, .npz or .csv (or --synthetic where offered)")
+        raise typer.BadParameter(
+            "give --data: a class folder, .npz or .csv (or --synthetic where offered)"
+        )
     names = [name.strip() for name in classes.split(",")] if classes else None
     return load_dataset(data, classes=names, root=data_root)
 

@@ -78,7 +78,8 @@ def test_disk_full_while_writing_predictions(
         ),
         (
             ["train-members", "--pipeline", "ci", "--data", "{data}", "--only", "tiny-a,nope"],
-            "error: --only 'nope' is not a member of ci. Members: ['tiny-a', 'tiny-b', 'tiny-ovr']",
+            "error: --members 'nope' is not a member of ci. Members: "
+            "['tiny-a', 'tiny-b', 'tiny-ovr']",
         ),
         (
             ["split", "{data}", "--fractions", "0.5,x,0,0"],

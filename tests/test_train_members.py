@@ -63,7 +63,7 @@ def test_train_members_end_to_end_and_skip(trained_ci, synthetic_folder, capsys)
 def test_only_unknown_member_one_line(synthetic_folder, tmp_path, capsys):
     args = train_args(synthetic_folder, tmp_path / "run", "--only", "nope")
     code, _, err = run_cli(args, capsys)
-    assert code == 2 and "--only 'nope' is not a member of ci" in err and err.count("\n") == 1
+    assert code == 2 and "--members 'nope' is not a member of ci" in err and err.count("\n") == 1
 
 
 def test_changed_data_refused(synthetic_folder, tmp_path, capsys):

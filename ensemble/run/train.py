@@ -78,8 +78,8 @@ def select_members(pipeline: PipelineSpec, only: list[str] | None) -> list[str]:
     for name in only or []:
         if name not in names:
             raise ConfigError(
-                f"--only {name!r} is not a member of {pipeline.name}.{did_you_mean(name, names)} "
-                f"Members: {names}"
+                f"--members {name!r} is not a member of {pipeline.name}."
+                f"{did_you_mean(name, names)} Members: {names}"
             )
     return [name for name in names if not only or name in only]
 
@@ -259,7 +259,7 @@ def _teacher_probabilities(spec: MemberSpec, run: Run):
         if not is_finished(teacher_dir):
             raise RunError(
                 f"member {spec.name!r} learns from teacher {teacher!r}, which has not finished "
-                f"training in {run.root}. Train it first: --only {teacher}"
+                f"training in {run.root}. Train it first: --members {teacher}"
             )
         teacher_spec = run.directory.member_spec(teacher)
         models.append(load_keras_model(MemberDir(teacher_dir).model))
@@ -298,7 +298,7 @@ def _init_weights(spec: MemberSpec, run: Run, names: list[str]) -> Path | None:
 
     Raises:
         RunError: ``init_from`` names a member of the pipeline that has not finished training
-            (e.g. left out with ``--only``).
+            (e.g. left out with ``--members``).
     """
     if not spec.init_from:
         return None
@@ -308,7 +308,7 @@ def _init_weights(spec: MemberSpec, run: Run, names: list[str]) -> Path | None:
     if not is_finished(source):
         raise RunError(
             f"member {spec.name!r} starts from {spec.init_from!r}, which has not finished "
-            f"training in {run.root}. Train it first: --only {spec.init_from}"
+            f"training in {run.root}. Train it first: --members {spec.init_from}"
         )
     return MemberDir(source).model
 
