@@ -185,3 +185,35 @@ def test_sizes_read_as_words():
     from ensemble.report.build import _sizes
 
     assert _sizes({32}) == "32 px" and _sizes({64, 32}) == "32 and 64 px"
+
+
+# --- one convention ------------------------------------------------------------------------------
+
+
+def test_labelled_data_is_data_everywhere(synthetic_folder, tmp_path, capsys):
+    for args in (["audit", "--data", synthetic_folder], ["audit", synthetic_folder]):
+        code, _, err = run_cli([*args, "--limit", "0"], capsys)
+        assert code == 0, err
+    out = tmp_path / "split.json"
+    code, _, err = run_cli(["split", "--data", synthetic_folder, "--out", out], capsys)
+    assert code == 0 and out.is_file(), err
+    code, _, err = run_cli(["audit", "--data", synthetic_folder, tmp_path], capsys)
+    assert code == 2 and "give the data once" in err
+
+
+def test_report_writes_into_the_run_unless_told(fitted_ci_run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(fitted_ci_run, run)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["report", "--run", run, "--no-shifted", "--no-zoomed"], capsys)
+    assert code == 0, err
+    assert (run / "report" / "report.md").is_file() and not (tmp_path / "results").exists()
+
+
+def test_members_chooses_members_in_train_members_too(synthetic_folder, tmp_path, capsys):
+    args = ["train-members", "--pipeline", "ci", "--data", synthetic_folder]
+    code, _, err = run_cli([*args, "--run", tmp_path / "run", "--members", "tiny-c"], capsys)
+    assert code == 2
+    assert "error: --members 'tiny-c' is not a member of ci. Did you mean 'tiny-a'?" in err
