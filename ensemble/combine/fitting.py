@@ -30,6 +30,8 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -129,34 +131,139 @@ def fit_combiners(
             negative ``shift_copies``, or ``members`` naming no trained member of the run.
     """
     _check_options(score, alpha, ood_method, ood_referral)
-    _targets(accepted_accuracy)
-    check_rate(delta, "delta")
-    if selective_score not in SELECTIVE_SCORES:
-        raise ConfigError(
-            f"unknown selective score. Choose from {list(SELECTIVE_SCORES)}. "
-            f"Received: {selective_score!r}"
-        )
+    _check_selective_options(accepted_accuracy, delta, selective_score)
     if shift_copies < 0:
         raise ConfigError(f"shift_copies must be >= 0. Received: {shift_copies}")
     directory = run.directory
     names = directory.trained_members() if members is None else _chosen_members(directory, members)
+    fitting = _fit_on_half(run, names, tta, seed, shift_copies)
+    notes: list[str] = []
+    stage("fit-stacker", "prediction sets and the out-of-distribution detector")
+    conformal = _calibrate_sets(
+        directory,
+        fitting.held_out_probabilities,
+        fitting.calibration_labels,
+        fitting.hashes,
+        ConformalClassifier(score=score, mondrian=mondrian, alpha=alpha),
+        notes,
+    )
+    fitting.files += conformal["models"].values()
+    detector = None
+    if ood_method is not None:
+        detector = OodDetector(ood_method, target_referral=ood_referral, seed=seed)
+    ood = _calibrate_ood(directory, fitting, detector, notes)
+    stage("fit-stacker", "selective thresholds for the accepted accuracies")
+    selective = _calibrate_selective(
+        directory,
+        fitting,
+        SelectiveClassifier(
+            _targets(accepted_accuracy), delta=delta, score=selective_score, per_class=per_class
+        ),
+        _flagged(fitting, detector if ood is not None else None),
+        notes,
+    )
+    selection = Selection(
+        members=names,
+        member_model_sha256=fitting.hashes,
+        combiners=fitting.combiners,
+        cv_accuracy_on_blend=fitting.cv_accuracy,
+        default_combiner=fitting.default,
+        n_blend=len(fitting.labels),
+        tta=tta,
+        shift_copies=shift_copies,
+        artifact_sha256={
+            name: file_sha256(directory.combiners_dir / name) for name in sorted(fitting.files)
+        },
+        calibration={
+            "design": DESIGN,
+            "split_file": CALIBRATION_SPLIT,
+            "n_blend_fit": int((~fitting.calibration_rows).sum()),
+            "conformal": conformal,
+            "ood": ood,
+            "selective": selective,
+            "warnings": notes,
+        },
+    )
+    selection.write(directory)
+    return selection
+
+
+@dataclass
+class _Fitting:
+    """What fitting the combiners on half of blend hands to the referral's calibration.
+
+    Attributes:
+        names: the members combined, in order.
+        hashes: each member's model hash.
+        val: each member's cached outputs on val (``{"probabilities", "features", …}``).
+        blend: the same on blend.
+        scaler: the temperatures, fitted on val.
+        labels: blend's classes; ``ids`` its image ids.
+        calibration_rows: the blend rows held out to calibrate (the rest fitted the combiners).
+        fitted: every fitted combiner, by name.
+        cv_accuracy: every combiner's and member's cross-validated accuracy on the fitting half.
+        default: the combiner chosen by that accuracy.
+        combiners: every registered combiner's name.
+        files: what was written in the combiners folder so far.
+    """
+
+    names: list[str]
+    hashes: dict[str, str]
+    val: dict[str, dict]
+    blend: dict[str, dict]
+    scaler: TemperatureScaling
+    labels: np.ndarray
+    ids: list[str]
+    calibration_rows: np.ndarray
+    fitted: dict[str, Combiner]
+    cv_accuracy: dict[str, float]
+    default: str
+    combiners: list[str]
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def calibration_labels(self) -> np.ndarray:
+        """The classes of the calibration half."""
+        return self.labels[self.calibration_rows]
+
+    @cached_property
+    def held_out_probabilities(self) -> dict[str, np.ndarray]:
+        """Every combiner's and member's probabilities on the calibration half."""
+        held_out = _rows(_outputs(self.blend, self.names, self.scaler), self.calibration_rows)
+        probabilities = {name: combiner.combine(held_out) for name, combiner in self.fitted.items()}
+        return probabilities | dict(zip(self.names, held_out.calibrated, strict=True))
+
+    @cached_property
+    def val_probabilities(self) -> dict[str, np.ndarray]:
+        """Every combiner's and member's probabilities on val (which fitted no combiner)."""
+        val_outputs = _outputs(self.val, self.names, self.scaler)
+        probabilities = {
+            name: combiner.combine(val_outputs) for name, combiner in self.fitted.items()
+        }
+        return probabilities | dict(zip(self.names, val_outputs.calibrated, strict=True))
+
+
+def _fit_on_half(run: Run, names: list[str], tta: bool, seed: int, shift_copies: int) -> _Fitting:
+    """Temperatures on val, then every combiner on one half of blend (and its shifted copies).
+
+    Writes the temperatures, every combiner and ``calibration-split.json``; chooses the default
+    combiner by cross-validated accuracy on the fitting half.
+    """
+    directory = run.directory
     hashes = directory.model_hashes(names)
     stage("fit-stacker", f"outputs of {len(names)} members on val and blend{_views(tta)}")
     val = _member_outputs(run, names, "val", tta, hashes)
     blend = _member_outputs(run, names, "blend", tta, hashes)
-    val_labels = val[names[0]]["labels"]
     labels = blend[names[0]]["labels"]
     ids = [str(i) for i in blend[names[0]]["ids"]]
-
-    scaler = TemperatureScaling().fit(_stack(val, names), val_labels)
+    scaler = TemperatureScaling().fit(_stack(val, names), val[names[0]]["labels"])
     directory.combiners_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(directory.combiners_dir / TEMPERATURES, {"members": names, **scaler.state()})
-    outputs = _outputs(blend, names, scaler)
     stage("fit-stacker", "temperatures on val; every combiner on one half of blend")
     calibration_rows = halve_blend(ids, labels, _duplicate_groups(run, ids), seed)
     fit_rows = ~calibration_rows
     fitting_set = Blend(
-        outputs=_rows(outputs, fit_rows),
+        outputs=_rows(_outputs(blend, names, scaler), fit_rows),
         labels=labels[fit_rows],
         ids=[image_id for image_id, keep in zip(ids, fit_rows, strict=True) if keep],
         split_of=run.split.assignment,
@@ -179,87 +286,65 @@ def fit_combiners(
             "calibration_ids": [i for i, keep in zip(ids, calibration_rows, strict=True) if keep],
         },
     )
-    files.append(CALIBRATION_SPLIT)
-    notes: list[str] = []
-    held_out = _rows(outputs, calibration_rows)
-    probabilities = {name: combiner.combine(held_out) for name, combiner in fitted.items()}
-    probabilities |= dict(zip(names, held_out.calibrated, strict=True))
-    stage("fit-stacker", "prediction sets and the out-of-distribution detector")
-    conformal = _calibrate_sets(
-        directory,
-        probabilities,
-        labels[calibration_rows],
-        hashes,
-        ConformalClassifier(score=score, mondrian=mondrian, alpha=alpha),
-        notes,
-    )
-    files += conformal["models"].values()
-    ood = detector = None
-    if ood_method is not None:
-        detector = OodDetector(ood_method, target_referral=ood_referral, seed=seed)
-        ood = _fit_ood(
-            directory,
-            _ood_inputs(ood_method, val, names, scaler),
-            val_labels,
-            _ood_inputs(ood_method, blend, names, scaler),
-            hashes,
-            detector,
-            notes,
-        )
-        if ood is not None:
-            files.append(OOD)
     combiners = list(registered_combiners())
-    default = choose_default(cv_accuracy, combiners)
-    stage("fit-stacker", "selective thresholds for the accepted accuracies")
-    val_outputs = _outputs(val, names, scaler)
-    ordering = {name: combiner.combine(val_outputs) for name, combiner in fitted.items()}
-    ordering |= dict(zip(names, val_outputs.calibrated, strict=True))
-    flagged = None
-    if ood is not None:
-        calibration_inputs = _ood_inputs(ood_method, blend, names, scaler)
-        scores = detector.score(
-            {name: inputs[calibration_rows] for name, inputs in calibration_inputs.items()}
-        )
-        flagged = scores > detector.threshold()
-    template = SelectiveClassifier(
-        _targets(accepted_accuracy), delta=delta, score=selective_score, per_class=per_class
+    return _Fitting(
+        names=names,
+        hashes=hashes,
+        val=val,
+        blend=blend,
+        scaler=scaler,
+        labels=labels,
+        ids=ids,
+        calibration_rows=calibration_rows,
+        fitted=fitted,
+        cv_accuracy=cv_accuracy,
+        default=choose_default(cv_accuracy, combiners),
+        combiners=combiners,
+        files=[*files, CALIBRATION_SPLIT],
     )
-    selective = _calibrate_selective(
+
+
+def _calibrate_ood(
+    directory: RunDir, fitting: _Fitting, detector: OodDetector | None, notes: list[str]
+) -> dict | None:
+    """Fit the OOD detector on val and calibrate it on blend (``None``: no detector)."""
+    if detector is None:
+        return None
+    ood = _fit_ood(
         directory,
-        probabilities,
-        labels[calibration_rows],
-        ordering,
-        flagged,
-        hashes,
-        template,
-        default,
+        _ood_inputs(detector.method, fitting.val, fitting.names, fitting.scaler),
+        fitting.val[fitting.names[0]]["labels"],
+        _ood_inputs(detector.method, fitting.blend, fitting.names, fitting.scaler),
+        fitting.hashes,
+        detector,
         notes,
     )
-    files += selective["models"].values()
-    selection = Selection(
-        members=names,
-        member_model_sha256=hashes,
-        combiners=combiners,
-        cv_accuracy_on_blend=cv_accuracy,
-        default_combiner=default,
-        n_blend=len(labels),
-        tta=tta,
-        shift_copies=shift_copies,
-        artifact_sha256={
-            name: file_sha256(directory.combiners_dir / name) for name in sorted(files)
-        },
-        calibration={
-            "design": DESIGN,
-            "split_file": CALIBRATION_SPLIT,
-            "n_blend_fit": int(fit_rows.sum()),
-            "conformal": conformal,
-            "ood": ood,
-            "selective": selective,
-            "warnings": notes,
-        },
+    if ood is not None:
+        fitting.files.append(OOD)
+    return ood
+
+
+def _flagged(fitting: _Fitting, detector: OodDetector | None) -> np.ndarray | None:
+    """The calibration half's out-of-distribution flags (``None`` without a detector)."""
+    if detector is None:
+        return None
+    inputs = _ood_inputs(detector.method, fitting.blend, fitting.names, fitting.scaler)
+    rows = fitting.calibration_rows
+    return detector.score({name: values[rows] for name, values in inputs.items()}) > (
+        detector.threshold()
     )
-    selection.write(directory)
-    return selection
+
+
+def _check_selective_options(
+    accepted_accuracy: float | None, delta: float, selective_score: str
+) -> None:
+    _targets(accepted_accuracy)
+    check_rate(delta, "delta")
+    if selective_score not in SELECTIVE_SCORES:
+        raise ConfigError(
+            f"unknown selective score. Choose from {list(SELECTIVE_SCORES)}. "
+            f"Received: {selective_score!r}"
+        )
 
 
 def _chosen_members(directory: RunDir, members: list[str]) -> list[str]:
@@ -435,13 +520,9 @@ def _targets(accepted_accuracy: float | None) -> tuple[float, ...]:
 
 def _calibrate_selective(
     directory: RunDir,
-    probabilities: dict[str, np.ndarray],
-    labels: np.ndarray,
-    ordering: dict[str, np.ndarray],
-    flagged: np.ndarray | None,
-    hashes: dict[str, str],
+    fitting: _Fitting,
     template: SelectiveClassifier,
-    default: str,
+    flagged: np.ndarray | None,
     notes: list[str],
 ) -> dict:
     """One selective classifier per combiner and member, saved; the record for the selection.
@@ -450,14 +531,17 @@ def _calibrate_selective(
     (:mod:`ensemble.refer.selective`); the default combiner's warnings join ``notes``.
     """
     models = {}
-    for name, model_probabilities in probabilities.items():
+    ordering = fitting.val_probabilities
+    labels = fitting.calibration_labels
+    for name, model_probabilities in fitting.held_out_probabilities.items():
         selective = SelectiveClassifier(**template.get_params()).fit(
             model_probabilities, labels, ordering[name], flagged=flagged
         )
-        selective.save(directory.combiners_dir / selective_file(name), hashes)
+        selective.save(directory.combiners_dir / selective_file(name), fitting.hashes)
         models[name] = selective_file(name)
-        if name == default:
+        if name == fitting.default:
             notes.extend(f"selective rule of {name}: {line}" for line in selective.warnings_)
+    fitting.files += models.values()
     return {
         **template.get_params(),
         "calibrated_on": "the calibration half of blend, out-of-distribution images never "
