@@ -348,6 +348,19 @@ def render_section(metrics: dict) -> list[str]:
             "images for their own threshold at this alpha; theirs falls back to a conservative "
             "one.",
         ]
+    return (
+        lines
+        + _coverage_lines(referral)
+        + _per_class_lines(referral)
+        + _who_is_referred_lines(referral)
+        + _trade_off_lines(referral)
+    )
+
+
+def _coverage_lines(referral: dict) -> list[str]:
+    """Coverage per image set against the target, and what it means when it falls below."""
+    lines: list[str] = []
+    alpha, target = referral["alpha"], referral["target_coverage"]
     names = [name for name in referral["image_sets"] if name in referral["coverage"]]
     lines += [
         "",
@@ -380,6 +393,13 @@ def render_section(metrics: dict) -> list[str]:
                 "exchangeable with the calibration images, and these are not. Their protection "
                 "is the out-of-distribution referral below, which has no guarantee.",
             ]
+    return lines
+
+
+def _per_class_lines(referral: dict) -> list[str]:
+    """Coverage per class on every image set."""
+    lines: list[str] = []
+    names = [name for name in referral["image_sets"] if name in referral["coverage"]]
     lines += [
         "",
         "Coverage per class:",
@@ -397,6 +417,12 @@ def render_section(metrics: dict) -> list[str]:
                 else f"{entry['coverage']:.4f} (n={entry['n']}, size {entry['mean_set_size']:.2f})"
             )
         lines.append(f"| {row['class']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _who_is_referred_lines(referral: dict) -> list[str]:
+    """Who is referred, by kind of image, beside the agreement rule."""
+    lines: list[str] = []
     lines += [
         "",
         "Who is referred, by kind of image: the share of all images referred, the share of the "
@@ -416,6 +442,14 @@ def render_section(metrics: dict) -> list[str]:
             f"{values['agreement_referred']:.1%} | "
             f"{_share(values['agreement_wrong_referred'], values['n_wrong'])} |"
         )
+    return lines
+
+
+def _trade_off_lines(referral: dict) -> list[str]:
+    """Accuracy on accepted images against the referral rate, as alpha varies."""
+    lines: list[str] = []
+    alpha = referral["alpha"]
+    names = [name for name in referral["image_sets"] if name in referral["coverage"]]
     lines += [
         "",
         "Accuracy on the accepted images against the referral rate, as alpha varies (an alpha "
