@@ -761,8 +761,7 @@ def _parse_fractions(text: str) -> list[float]:
         values = []
     if len(values) != 4:
         raise typer.BadParameter(
-            f"fractions must be 4 numbers (train,val,blend,test). Received: {text!r}",
-            param_hint="'--fractions'",
+            f"--fractions must be 4 numbers (train,val,blend,test). Received: {text!r}"
         )
     return values
 
