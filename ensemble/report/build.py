@@ -334,11 +334,7 @@ def build_report(
     best_member = max(names, key=lambda name: models[name]["accuracy"])
     best_combiner = max(ensemble.combiners_, key=lambda name: models[name]["accuracy"])
     combiners = list(ensemble.combiners_)
-    copies = {}  # "shifted" / "zoomed" → (member outputs, every model's probabilities)
-    for copy, copy_outputs in (("shifted", shifted), ("zoomed", zoomed)):
-        if copy_outputs is not None:
-            stack = _as_member_outputs(ensemble, copy_outputs)
-            copies[copy] = (stack, ensemble.combine_all(stack))
+    copies = _copies(ensemble, shifted, zoomed)
     shifted_models, shifted_by_kind = {}, {}
     if "shifted" in copies:
         shifted_models, shifted_by_kind = score_shifted(
@@ -349,22 +345,9 @@ def build_report(
         zoomed_models, _ = score_shifted(copies["zoomed"][1], labels, None, len(classes))
     timed = shifted if shifted is not None else outputs
     ids = [str(i) for i in range(len(labels))] if ids is None else list(ids)
-    rule, referred = gallery_referral(
-        ensemble, best_combiner, probabilities[best_combiner], member_stack
+    gallery = _gallery(
+        ensemble, out, best_combiner, probabilities, member_stack, labels, ids, read_image
     )
-    gallery = write_gallery(
-        out,
-        probabilities[best_combiner],
-        labels,
-        member_stack.votes,
-        classes,
-        names,
-        ids,
-        read_image,
-        referred,
-    )
-    gallery["rule"] = rule
-    gallery["model"] = best_combiner
     metrics = {
         "title": title,
         "n_images": int(len(labels)),
@@ -395,13 +378,7 @@ def build_report(
         "gallery": gallery,
     }
     for copy, (_, copy_probabilities) in copies.items():
-        # The best combiner (on clean images) against the strongest member on *these* images:
-        # a member that is best on clean images may be the weakest on shifted ones.
-        copy_best = max(names, key=lambda name: metrics[copy][name]["accuracy"])
-        metrics[f"{copy}_best_member"] = copy_best
-        metrics[f"{copy}_mcnemar"] = significance_tests(
-            copy_probabilities, labels, combiners, copy_best
-        )
+        metrics |= _copy_significance(metrics, copy, copy_probabilities, labels, combiners)
     # Prediction sets and OOD referral of the default combiner (ensemble.report.referral).
     metrics["referral"] = referral_metrics(
         ensemble,
@@ -414,6 +391,64 @@ def build_report(
     atomic_write_json(out / "metrics.json", metrics)
     write_report_files(metrics, out)
     return metrics
+
+
+def _copies(
+    ensemble: Ensemble, shifted: dict[str, dict] | None, zoomed: dict[str, dict] | None
+) -> dict[str, tuple[MemberOutputs, dict[str, np.ndarray]]]:
+    """``"shifted"`` / ``"zoomed"`` → (member outputs, every model's probabilities), if given."""
+    copies = {}
+    for copy, copy_outputs in (("shifted", shifted), ("zoomed", zoomed)):
+        if copy_outputs is not None:
+            stack = _as_member_outputs(ensemble, copy_outputs)
+            copies[copy] = (stack, ensemble.combine_all(stack))
+    return copies
+
+
+def _gallery(
+    ensemble: Ensemble,
+    out: Path,
+    best_combiner: str,
+    probabilities: dict[str, np.ndarray],
+    member_stack: MemberOutputs,
+    labels: np.ndarray,
+    ids: list[str],
+    read_image: ReadImage | None,
+) -> dict:
+    """The review gallery of the best combiner: thumbnails written, cards returned."""
+    rule, referred = gallery_referral(
+        ensemble, best_combiner, probabilities[best_combiner], member_stack
+    )
+    gallery = write_gallery(
+        out,
+        probabilities[best_combiner],
+        labels,
+        member_stack.votes,
+        ensemble.classes_,
+        ensemble.members_,
+        ids,
+        read_image,
+        referred,
+    )
+    return gallery | {"rule": rule, "model": best_combiner}
+
+
+def _copy_significance(
+    metrics: dict,
+    copy: str,
+    probabilities: dict[str, np.ndarray],
+    labels: np.ndarray,
+    combiners: list[str],
+) -> dict:
+    """McNemar on a copy: the best combiner against the strongest member on *these* images.
+
+    A member that is best on clean images may be the weakest on shifted ones.
+    """
+    best = max(metrics["members"], key=lambda name: metrics[copy][name]["accuracy"])
+    return {
+        f"{copy}_best_member": best,
+        f"{copy}_mcnemar": significance_tests(probabilities, labels, combiners, best),
+    }
 
 
 def write_report_files(metrics: dict, out: Path) -> None:
