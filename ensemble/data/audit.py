@@ -184,27 +184,50 @@ def run_audit(
     for item in dataset.skipped:
         labels.setdefault(item.id, "")
 
+    union, duplicate_findings = _duplicates(records, images, pixel_hashes, readable, thresholds)
+    findings += duplicate_findings
+    groups = union.groups()
+    # Score each distinct picture once: hundreds of copies of one non-cell image must not
+    # pull the model of a typical image towards it.
+    distinct = np.array([i for i in range(len(records)) if readable[i] and union.find(i) == i])
+    if len(distinct):
+        stage("audit", f"non-cell pictures and colour casts among {len(distinct)} pictures")
+        findings += _non_cells(records, images, union, distinct, thresholds, seed)
+        findings += _colour_casts(records, images, readable, thresholds)
+    findings.sort(key=lambda finding: (KINDS.index(finding.kind), finding.ids))
+    return AuditReport(
+        source=str(dataset.root),
+        n_images=len(records) + len(dataset.skipped),
+        classes=list(dataset.classes),
+        findings=findings,
+        groups=[[records[i].id for i in group] for group in groups],
+        thresholds=thresholds,
+        labels=labels,
+    )
+
+
+def _duplicates(records, images, pixel_hashes, readable, thresholds) -> tuple[UnionFind, list]:
+    """Exact and near-duplicate groups (joined in one union-find), and their findings.
+
+    Near duplicates are searched among one representative per exact group; a group whose
+    images carry more than one label is also a label conflict.
+    """
     union = UnionFind(len(records))
     exact = exact_groups(pixel_hashes)
     for group in exact:
         for member in group[1:]:
             union.union(group[0], member)
-    # Near duplicates are searched among one representative per exact group.
     representatives = np.array(
         [i for i in range(len(records)) if readable[i] and union.find(i) == i], dtype=np.int64
     )
     stage("audit", f"near duplicates among {len(representatives)} distinct images")
     near = near_duplicate_pairs(images[representatives], thresholds.near_duplicate)
-    near_score: dict[int, float] = {}
-    for i, j, score in near:
-        a, b = int(representatives[i]), int(representatives[j])
-        union.union(a, b)
-        near_score[union.find(a)] = max(near_score.get(union.find(a), 0.0), score)
-
+    for i, j, _ in near:
+        union.union(int(representatives[i]), int(representatives[j]))
     exact_roots = {union.find(group[0]) for group in exact}
     near_roots = {union.find(int(representatives[i])) for i, _, _ in near}
-    groups = union.groups()
-    for group in groups:
+    findings = []
+    for group in union.groups():
         ids = tuple(records[i].id for i in group)
         root = union.find(group[0])
         group_labels = sorted({records[i].label for i in group})
@@ -218,53 +241,52 @@ def run_audit(
             findings.append(
                 Finding("label_conflict", ids, f"the same image labelled {', '.join(group_labels)}")
             )
+    return union, findings
 
-    # Score each distinct picture once: hundreds of copies of one non-cell image must not
-    # pull the model of a typical image towards it.
-    distinct = np.array([i for i in range(len(records)) if readable[i] and union.find(i) == i])
-    if len(distinct):
-        stage("audit", f"non-cell pictures and colour casts among {len(distinct)} pictures")
-        z = non_cell_scores(appearance_features(images[distinct]), seed=seed)
-        # A picture with (almost) no structure, such as a flat colour, is never a smear, however
-        # typical its colour; the appearance model alone can mistake it for a colour cast.
-        spatial_std = images[distinct].reshape(len(distinct), -1, 3).std(axis=1).max(axis=1)
-        blank = spatial_std < BLANK_STD
-        members = _members_by_root(union, len(records))
-        for position in np.flatnonzero((z > thresholds.non_cell) | blank):
-            root = int(distinct[position])
-            ids = tuple(records[i].id for i in members[root])
-            detail = (
-                "blank: no structure"
-                if blank[position]
-                else f"not like a stained smear (robust z={z[position]:.1f})"
-            )
-            findings.append(Finding("non_cell", ids, detail, round(float(z[position]), 3)))
-        # Every readable image is checked for a cast, non-cell ones too: a strongly cast cell
-        # can also look unlike a smear, and then both findings are true.
-        candidates = np.flatnonzero(readable)
-        if len(candidates):
-            distance, direction = colour_cast_scores(images[candidates])
-            for position in np.flatnonzero(distance > thresholds.colour_cast):
-                index = int(candidates[position])
-                findings.append(
-                    Finding(
-                        "colour_cast",
-                        (records[index].id,),
-                        f"strong {direction[position]} cast (background chromaticity "
-                        f"{distance[position]:.3f} from the median)",
-                        round(float(distance[position]), 4),
-                    )
-                )
-    findings.sort(key=lambda finding: (KINDS.index(finding.kind), finding.ids))
-    return AuditReport(
-        source=str(dataset.root),
-        n_images=len(records) + len(dataset.skipped),
-        classes=list(dataset.classes),
-        findings=findings,
-        groups=[[records[i].id for i in group] for group in groups],
-        thresholds=thresholds,
-        labels=labels,
-    )
+
+def _non_cells(records, images, union, distinct, thresholds, seed) -> list:
+    """Pictures unlike a stained smear (robust z-score), and blank ones; one finding per group.
+
+    A picture with (almost) no structure, such as a flat colour, is never a smear, however
+    typical its colour; the appearance model alone can mistake it for a colour cast.
+    """
+    z = non_cell_scores(appearance_features(images[distinct]), seed=seed)
+    spatial_std = images[distinct].reshape(len(distinct), -1, 3).std(axis=1).max(axis=1)
+    blank = spatial_std < BLANK_STD
+    members = _members_by_root(union, len(records))
+    findings = []
+    for position in np.flatnonzero((z > thresholds.non_cell) | blank):
+        root = int(distinct[position])
+        ids = tuple(records[i].id for i in members[root])
+        detail = (
+            "blank: no structure"
+            if blank[position]
+            else f"not like a stained smear (robust z={z[position]:.1f})"
+        )
+        findings.append(Finding("non_cell", ids, detail, round(float(z[position]), 3)))
+    return findings
+
+
+def _colour_casts(records, images, readable, thresholds) -> list:
+    """Strong colour casts of the background, on every readable image.
+
+    Non-cell ones too: a strongly cast cell can also look unlike a smear, and then both
+    findings are true.
+    """
+    candidates = np.flatnonzero(readable)
+    if not len(candidates):
+        return []
+    distance, direction = colour_cast_scores(images[candidates])
+    return [
+        Finding(
+            "colour_cast",
+            (records[int(candidates[position])].id,),
+            f"strong {direction[position]} cast (background chromaticity "
+            f"{distance[position]:.3f} from the median)",
+            round(float(distance[position]), 4),
+        )
+        for position in np.flatnonzero(distance > thresholds.colour_cast)
+    ]
 
 
 def _members_by_root(union: UnionFind, n: int) -> dict[int, list[int]]:
