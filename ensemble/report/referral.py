@@ -106,42 +106,56 @@ def referral_metrics(
         }
     result["selective"] = _selective_settings(ensemble)
     for name, (outputs, truth, kinds) in image_sets.items():
-        probabilities = ensemble.combine(outputs)
-        flagged = None
-        if ensemble.ood_ is not None:
-            flagged = ensemble.ood_from_outputs(outputs) > ensemble.ood_threshold
-        if result["selective"] is not None:
-            _add_selective(result["selective"], name, ensemble, outputs, truth, flagged)
-        sets = ensemble.sets_from_probabilities(probabilities, alpha)
-        result["coverage"][name] = _coverage(sets, truth, ensemble.classes_)
-        result["trade_off"][name] = [
-            _accepted(
-                probabilities,
-                ensemble.sets_from_probabilities(probabilities, a),
-                flagged,
-                truth,
-                alpha=a,
-            )
-            for a in sorted({*ALPHAS, alpha}, reverse=True)
-        ]
-        referred = conformal_referral(probabilities, sets, flagged)
-        by_agreement = agreement_referral(
-            probabilities, outputs.votes, min_agreement, min_confidence
+        _score_image_set(
+            result, name, ensemble, outputs, truth, np.asarray(kinds), min_agreement, min_confidence
         )
-        kinds = np.asarray(kinds)
-        for kind in dict.fromkeys(kinds.tolist()):
-            rows = kinds == kind
-            result["groups"].append(kind)
-            result["referral"][kind] = _referral(
-                probabilities[rows],
-                truth[rows],
-                referred[rows],
-                by_agreement[rows],
-                None if flagged is None else flagged[rows],
-            )
-        if result["coverage"][name]["coverage"] < 1.0 - alpha:
-            result["below_target"].append(name)
     return result
+
+
+def _score_image_set(
+    result: dict,
+    name: str,
+    ensemble: Ensemble,
+    outputs: MemberOutputs,
+    truth: np.ndarray,
+    kinds: np.ndarray,
+    min_agreement: float,
+    min_confidence: float,
+) -> None:
+    """Add one image set's coverage, trade-off, referral per kind and selective rule."""
+    alpha = result["alpha"]
+    probabilities = ensemble.combine(outputs)
+    flagged = None
+    if ensemble.ood_ is not None:
+        flagged = ensemble.ood_from_outputs(outputs) > ensemble.ood_threshold
+    if result["selective"] is not None:
+        _add_selective(result["selective"], name, ensemble, outputs, truth, flagged)
+    sets = ensemble.sets_from_probabilities(probabilities, alpha)
+    result["coverage"][name] = _coverage(sets, truth, ensemble.classes_)
+    result["trade_off"][name] = [
+        _accepted(
+            probabilities,
+            ensemble.sets_from_probabilities(probabilities, a),
+            flagged,
+            truth,
+            alpha=a,
+        )
+        for a in sorted({*ALPHAS, alpha}, reverse=True)
+    ]
+    referred = conformal_referral(probabilities, sets, flagged)
+    by_agreement = agreement_referral(probabilities, outputs.votes, min_agreement, min_confidence)
+    for kind in dict.fromkeys(kinds.tolist()):
+        rows = kinds == kind
+        result["groups"].append(kind)
+        result["referral"][kind] = _referral(
+            probabilities[rows],
+            truth[rows],
+            referred[rows],
+            by_agreement[rows],
+            None if flagged is None else flagged[rows],
+        )
+    if result["coverage"][name]["coverage"] < 1.0 - alpha:
+        result["below_target"].append(name)
 
 
 #: Shares of images referred at which the referral curves are drawn.
