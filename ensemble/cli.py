@@ -267,7 +267,11 @@ def train_members(
         typer.Option(min=0, help="With --ray: GPUs per member task (default 0, or the spec's)."),
     ] = None,
 ) -> None:
-    """Split the data (once, saved) and train each member; resumable after any interruption."""
+    """Split the data (once, saved) and train each member; resumable after any interruption.
+
+    Over 60 lines: one parameter per command-line option (Typer reads the options from the
+    signature); the training is in :mod:`ensemble.run.train`.
+    """
     from ensemble.members.specs import load_pipeline
     from ensemble.recipes import resolve_pipeline
     from ensemble.run.train import train_pipeline_members
@@ -424,6 +428,10 @@ def fit_stacker(
     The combiners are fitted on one half of blend (and, with --shift-copies, shifted copies of
     it) and the conformal prediction sets calibrated on the other, clean half; the OOD detector
     is fitted on val and calibrated on blend.
+
+
+    Over 60 lines: one parameter per command-line option (Typer reads the options from the
+    signature); the work is in :func:`ensemble.combine.fitting.fit_combiners`.
     """
     from ensemble.combine.fitting import fit_combiners
 
@@ -590,6 +598,10 @@ def predict(
     Rows are written as they are made (memory stays flat however many files), in file order.
     Exit code 0 when every file was predicted, 3 when some files could not be read (each has a
     row with the reason and a line on stderr), 2 for bad options or an unusable run.
+
+
+    Over 60 lines: one parameter per command-line option (Typer reads the options from the
+    signature); the rows are made in :mod:`ensemble.serve.predict`.
     """
     from ensemble.serve.predict import Predictions, iter_prediction_rows, prepare_prediction
     from ensemble.serve.prediction_files import STDOUT, RowTally, default_output, write_rows
@@ -689,6 +701,10 @@ def report(
 
     Metrics with intervals, McNemar's tests, clean vs shifted and zoomed copies, plots, and a
     review gallery of the images the best combiner got wrong or would refer (in report.html).
+
+
+    Over 60 lines: one parameter per command-line option (Typer reads the options from the
+    signature); the report is built in :mod:`ensemble.report.build`.
     """
     from ensemble.report.build import report_on_dataset, report_on_split
     from ensemble.run.directory import RunDir

@@ -129,6 +129,8 @@ def fit_combiners(
         RunError: a member is not trained yet.
         ConfigError: an unknown ``score`` or ``ood_method``, a rate outside ``(0, 1)``, a
             negative ``shift_copies``, or ``members`` naming no trained member of the run.
+
+    Over 60 lines: its options are documented one by one; the body calls one function per stage.
     """
     _check_options(score, alpha, ood_method, ood_referral)
     _check_selective_options(accepted_accuracy, delta, selective_score)

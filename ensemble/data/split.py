@@ -95,6 +95,8 @@ def make_split(
 
     Returns:
         The split.
+
+    Over 60 lines: the stratified group split, step by step, is one algorithm.
     """
     fractions = check_fractions(fractions or DEFAULT_FRACTIONS)
     excluded_set = set(excluded)

@@ -126,6 +126,9 @@ def training_dataset(
     Returns:
         A dataset of ``(images, labels)`` or ``(images, labels, weights)`` batches; one pass is
         one epoch (reshuffled every pass).
+
+    Over 60 lines: the tf.data graph (shuffle, batch, per-batch seeds, zoom, dihedral, RandAugment,
+    corruptions) reads best in one place, in the order it runs.
     """
     import tensorflow as tf
 

@@ -107,6 +107,9 @@ def train_member(
     Raises:
         RunError: ``member_dir`` holds a member trained from a different spec (use ``force``).
         ConfigError: ``init_weights`` does not fit the member's architecture.
+
+    Over 60 lines: its arguments are documented one by one; the body is the one ``fit`` loop over
+    training phases.
     """
     import keras
 

@@ -201,6 +201,8 @@ def training_curves(name: str, history: Sequence[dict], before: Sequence[dict] =
         name: the member (the chart's title).
         history: its ``history.json`` rows (``epoch``, ``accuracy``, ``val_accuracy``, ``phase``).
         before: the history of the member it started from (``init_from``), drawn first in grey.
+
+    Over 60 lines: one SVG chart, axis by axis.
     """
     rows = [*before, *history]
     epochs = list(range(1, len(rows) + 1))

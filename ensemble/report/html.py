@@ -597,6 +597,10 @@ def _members(metrics: dict, thumbnails: dict) -> str:
 
 
 def _referral(metrics: dict, thumbnails: dict) -> str:
+    """The report page's referral section: the selective rule, coverage and who is referred.
+
+    Over 60 lines: it writes two tables with their explanations, in page order.
+    """
     referral = metrics.get("referral")
     if not referral:
         return ""

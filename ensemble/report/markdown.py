@@ -39,7 +39,10 @@ def _speed(images_per_second: float | None) -> str:
 
 
 def write_plots(models: dict, classes: list[str], out: Path) -> None:
-    """Confusion matrices (counts and row-normalised) per model, reliability and coverage plots."""
+    """Confusion matrices (counts and row-normalised) per model, reliability and coverage plots.
+
+    Over 60 lines: the report's PNG figures, one after the other.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,6 +146,10 @@ def comparison_names(metrics: dict) -> list[str]:
 
 
 def _summary(metrics: dict) -> list[str]:
+    """The summary table of every model.
+
+    Over 60 lines: one table with its notes, in page order.
+    """
     lines = [
         f"# {metrics['title']}",
         "",

@@ -64,6 +64,9 @@ def referral_metrics(
         and of the wrong answers referred, by either rule) and ``below_target`` (image sets
         whose coverage falls below the target), ``selective`` (``None`` for a run fitted
         before it: see :func:`_selective_settings` and :func:`_add_selective`).
+
+    Over 60 lines: its arguments and the returned dict are documented key by key; each image set is
+    scored by :func:`_score_image_set`.
     """
     if not ensemble.conformal_:
         return {"calibrated": False}

@@ -152,6 +152,9 @@ def train_members_on_ray(
             CPUs or GPUs than any node of the cluster has.
         RunError: ``force`` would discard a member another worker is training; or as
             :func:`ensemble.run.train.train_run_members`.
+
+    Over 60 lines: its arguments are documented one by one; the body submits, waits and reports in
+    one place so that a failed task's error reaches the driver as itself.
     """
     ray = require_ray()
     selected = select_members(pipeline, only)

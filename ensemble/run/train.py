@@ -126,6 +126,9 @@ def train_run_members(
 
     Returns:
         Member name → :class:`MemberOutcome`, in pipeline order.
+
+    Over 60 lines: the claim loop (train, wait for another worker, take over a stale claim) reads
+    best in one place.
     """
     names = [member.name for member in pipeline.members]
     distribute = _strategy(strategy)

@@ -531,6 +531,9 @@ class Ensemble:
         Raises:
             ConfigError: an unknown ``refer``, a bad ``alpha`` or threshold.
             RunError: ``refer="conformal"`` on a run fitted before prediction sets.
+
+        Over 60 lines: its arguments are documented one by one; the body applies one referral rule
+        of three.
         """
         asked = refer
         refer, alpha = self.referral_settings(

@@ -68,6 +68,8 @@ def report_cards(
     Returns:
         ``(cards, counts)``: JSON-ready cards (see :func:`_card`) with ``index`` = position of
         the image, and ``{"wrong", "referred", "wrong_or_referred", "shown"}``.
+
+    Over 60 lines: its arguments are documented one by one.
     """
     predicted = probabilities.argmax(axis=1)
     confidence = probabilities.max(axis=1)
@@ -356,6 +358,10 @@ def gallery_html(
 
 
 def _card_html(card: dict, classes: Sequence[str], image: str | None, review: bool) -> str:
+    """One review card as HTML.
+
+    Over 60 lines: one card's HTML, tag by tag, in page order.
+    """
     true, predicted = card.get("true"), card["predicted"]
     wrong = true is not None and true != predicted
     flags = []

