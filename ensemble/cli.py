@@ -222,7 +222,13 @@ class Strategy(StrEnum):
     mirrored = "mirrored"
 
 
-@app.command("train-members")
+#: ``ensemble train-members --help``.
+_TRAIN_MEMBERS_HELP = (
+    "Split the data (once, saved) and train each member; resumable after any interruption."
+)
+
+
+@app.command("train-members", help=_TRAIN_MEMBERS_HELP)
 def train_members(
     pipeline: PipelineOption,
     data: Annotated[Path, typer.Option(help="Class folder, .npz or CSV manifest.")],
@@ -267,10 +273,11 @@ def train_members(
         typer.Option(min=0, help="With --ray: GPUs per member task (default 0, or the spec's)."),
     ] = None,
 ) -> None:
-    """Split the data (once, saved) and train each member; resumable after any interruption.
+    """Run ``ensemble train-members`` (its help: :data:`_TRAIN_MEMBERS_HELP`).
 
-    Over 60 lines: one parameter per command-line option (Typer reads the options from the
+    Over 60 lines: one parameter per command-line option (Typer reads the options from the
     signature); the training is in :mod:`ensemble.run.train`.
+
     """
     from ensemble.members.specs import load_pipeline
     from ensemble.recipes import resolve_pipeline
@@ -331,7 +338,16 @@ _DEFAULT_SELECTIVE_SCORE = SelectiveScore(SELECTIVE_SCORES[0])
 ReferRule = StrEnum("ReferRule", {name: name for name in REFER_RULES})
 
 
-@app.command("fit-stacker")
+#: ``ensemble fit-stacker --help``.
+_FIT_STACKER_HELP = (
+    "Fit temperatures, combiners and the XGBoost stacker on blend; calibrate the referral.\n\n"
+    "The combiners are fitted on one half of blend (and, with --shift-copies, shifted copies "
+    "of it) and the conformal prediction sets calibrated on the other, clean half; the OOD "
+    "detector is fitted on val and calibrated on blend."
+)
+
+
+@app.command("fit-stacker", help=_FIT_STACKER_HELP)
 def fit_stacker(
     run: Annotated[Path, typer.Option(help="Run directory made by train-members.")],
     data: Annotated[
@@ -423,15 +439,11 @@ def fit_stacker(
     classes: ClassesOption = None,
     data_root: DataRootOption = None,
 ) -> None:
-    """Fit temperatures, combiners and the XGBoost stacker on blend; calibrate the referral.
+    """Run ``ensemble fit-stacker`` (its help: :data:`_FIT_STACKER_HELP`).
 
-    The combiners are fitted on one half of blend (and, with --shift-copies, shifted copies of
-    it) and the conformal prediction sets calibrated on the other, clean half; the OOD detector
-    is fitted on val and calibrated on blend.
-
-
-    Over 60 lines: one parameter per command-line option (Typer reads the options from the
+    Over 60 lines: one parameter per command-line option (Typer reads the options from the
     signature); the work is in :func:`ensemble.combine.fitting.fit_combiners`.
+
     """
     from ensemble.combine.fitting import fit_combiners
 
@@ -521,9 +533,20 @@ def _echo_selective(run: Path, selection) -> None:
         )
 
 
-@app.command()
+#: ``ensemble predict --help``.
+_PREDICT_HELP = (
+    "Classify every image under FOLDER.\n\n"
+    "Rows are written as they are made (memory stays flat however many files), in file order."
+    " Exit code 0 when every file was predicted, 3 when some files could not be read (each "
+    "has a row with the reason and a line on stderr), 2 for bad options or an unusable run."
+)
+
+
+@app.command(help=_PREDICT_HELP)
 def predict(
-    folder: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
+    folder: Annotated[
+        Path, typer.Argument(metavar="FOLDER", help="Folder of images (searched recursively).")
+    ],
     run: Annotated[Path, typer.Option(help="Run directory with fitted combiners.")],
     combiner: Annotated[
         str | None,
@@ -593,15 +616,11 @@ def predict(
         typer.Option(min=0.01, help="With --ray: CPUs per actor (default 1)."),
     ] = None,
 ) -> None:
-    """Classify every image under FOLDER.
+    """Run ``ensemble predict`` (its help: :data:`_PREDICT_HELP`).
 
-    Rows are written as they are made (memory stays flat however many files), in file order.
-    Exit code 0 when every file was predicted, 3 when some files could not be read (each has a
-    row with the reason and a line on stderr), 2 for bad options or an unusable run.
-
-
-    Over 60 lines: one parameter per command-line option (Typer reads the options from the
+    Over 60 lines: one parameter per command-line option (Typer reads the options from the
     signature); the rows are made in :mod:`ensemble.serve.predict`.
+
     """
     from ensemble.serve.predict import Predictions, iter_prediction_rows, prepare_prediction
     from ensemble.serve.prediction_files import STDOUT, RowTally, default_output, write_rows
@@ -661,7 +680,17 @@ def predict(
         raise typer.Exit(3)
 
 
-@app.command()
+#: ``ensemble report --help``.
+_REPORT_HELP = (
+    "Members and combiners on the same held-out images → report.md, report.html, "
+    "leaderboard.csv.\n\n"
+    "Metrics with intervals, McNemar's tests, clean vs shifted and zoomed copies, plots, and "
+    "a review gallery of the images the best combiner got wrong or would refer (in "
+    "report.html)."
+)
+
+
+@app.command(help=_REPORT_HELP)
 def report(
     run: Annotated[Path, typer.Option(help="Run directory with fitted combiners.")],
     split: Annotated[
@@ -697,14 +726,11 @@ def report(
     classes: ClassesOption = None,
     data_root: DataRootOption = None,
 ) -> None:
-    """Members and combiners on the same held-out images → report.md, report.html, leaderboard.csv.
+    """Run ``ensemble report`` (its help: :data:`_REPORT_HELP`).
 
-    Metrics with intervals, McNemar's tests, clean vs shifted and zoomed copies, plots, and a
-    review gallery of the images the best combiner got wrong or would refer (in report.html).
-
-
-    Over 60 lines: one parameter per command-line option (Typer reads the options from the
+    Over 60 lines: one parameter per command-line option (Typer reads the options from the
     signature); the report is built in :mod:`ensemble.report.build`.
+
     """
     from ensemble.report.build import report_on_dataset, report_on_split
     from ensemble.run.directory import RunDir

@@ -217,3 +217,17 @@ def test_members_chooses_members_in_train_members_too(synthetic_folder, tmp_path
     code, _, err = run_cli([*args, "--run", tmp_path / "run", "--members", "tiny-c"], capsys)
     assert code == 2
     assert "error: --members 'tiny-c' is not a member of ci. Did you mean 'tiny-a'?" in err
+
+
+@pytest.mark.parametrize(
+    ("command", "usage"),
+    [
+        ("predict", "Usage: ensemble predict [OPTIONS] FOLDER"),
+        ("audit", "Usage: ensemble audit [OPTIONS] [DATA]"),
+        ("train-members", "Usage: ensemble train-members [OPTIONS]"),
+    ],
+)
+def test_usage_lines_name_their_arguments_plainly(command, usage, capsys):
+    code, out, _ = run_cli([command, "--help"], capsys)
+    assert code == 0 and out.startswith(usage + "\n")
+    assert "Over 60 lines" not in out  # the developers' note stays in the docstring
