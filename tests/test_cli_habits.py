@@ -222,7 +222,7 @@ def test_members_chooses_members_in_train_members_too(synthetic_folder, tmp_path
 @pytest.mark.parametrize(
     ("command", "usage"),
     [
-        ("predict", "Usage: ensemble predict [OPTIONS] FOLDER"),
+        ("predict", "Usage: ensemble predict [OPTIONS] {FOLDER}"),
         ("audit", "Usage: ensemble audit [OPTIONS] [DATA]"),
         ("train-members", "Usage: ensemble train-members [OPTIONS]"),
     ],
