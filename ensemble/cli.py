@@ -489,6 +489,19 @@ def fit_stacker(
             f"of {detector['n_calibration']} clean blend images"
         )
     _echo_selective(run, selection)
+    chosen = calibration.get("default_refer")
+    if chosen:
+        conformal = chosen["conformal"]
+        typer.echo(
+            f"default referral rule: {chosen['rule']} (on val, selective refers "
+            f"{chosen['selective']['referred']:.1%} with {chosen['selective']['accuracy']:.4f} "
+            "accepted accuracy; conformal "
+            + (
+                f"needs {conformal['referred']:.1%} at alpha {conformal['alpha']:g})"
+                if conformal
+                else "does not reach it at any alpha tried)"
+            )
+        )
     typer.echo(f"default combiner: {selection.default_combiner} (written to {run}/combiners)")
 
 

@@ -218,3 +218,47 @@ def test_predict_cli_selective_and_an_uncalibrated_target(selective_run, synthet
     code, _, err = run_cli([*args, "--accepted-accuracy", "0.97"], capsys)
     assert code == 2
     assert "accepted accuracy 0.97 was not calibrated. Calibrated: [0.6, 0.99, 0.995, 0.999]" in err
+
+
+def test_the_default_rule_is_the_one_that_refers_fewer_val_images(selective_run):
+    import json
+
+    from ensemble import Ensemble
+
+    run, out = selective_run
+    chosen = json.loads((run / "combiners/selection.json").read_text())["calibration"][
+        "default_refer"
+    ]
+    assert chosen["chosen_on"] == "val" and chosen["accepted_accuracy"] == 0.6
+    conformal = chosen["conformal"]
+    expected = (
+        "selective"
+        if conformal is None or chosen["selective"]["referred"] <= conformal["referred"]
+        else "conformal"
+    )
+    assert chosen["rule"] == expected and f"default referral rule: {expected}" in out
+    ens = Ensemble.load(run)
+    assert ens.default_refer() == expected
+    assert ens.default_refer(alpha=0.5) == "conformal"  # an alpha asks for prediction sets
+
+
+def test_ray_predict_refers_by_the_selective_rule_too(selective_run, synthetic_folder):
+    ray = pytest.importorskip("ray", reason="Ray is not installed (optional extra)")
+    from ensemble.serve.predict import iter_prediction_rows, prepare_prediction
+    from ensemble.serve.ray_predict import iter_prediction_rows_on_ray
+
+    run, _ = selective_run
+    job = prepare_prediction(
+        synthetic_folder / "platelet", run, refer="selective", accepted_accuracy=0.6
+    )
+    local = list(iter_prediction_rows(job))
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = list(iter_prediction_rows_on_ray(job, chunk=4))
+    finally:
+        if started:
+            ray.shutdown()
+    assert [row["abstain"] for row in remote] == [row["abstain"] for row in local]
+    assert [row["referral_reason"] for row in remote] == [row["referral_reason"] for row in local]

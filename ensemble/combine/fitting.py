@@ -62,6 +62,7 @@ from ensemble.refer.conformal import (
     minimum_calibration_size,
 )
 from ensemble.refer.ood import DEFAULT_OOD_METHOD, DEFAULT_TARGET_REFERRAL, OOD_METHODS, OodDetector
+from ensemble.refer.rule import conformal_referral
 from ensemble.refer.selective import (
     DEFAULT_DELTA,
     DEFAULT_TARGETS,
@@ -164,6 +165,7 @@ def fit_combiners(
         _flagged(fitting, detector if ood is not None else None),
         notes,
     )
+    default_refer = _choose_rule(directory, fitting, detector if ood is not None else None)
     selection = Selection(
         members=names,
         member_model_sha256=fitting.hashes,
@@ -183,6 +185,7 @@ def fit_combiners(
             "conformal": conformal,
             "ood": ood,
             "selective": selective,
+            "default_refer": default_refer,
             "warnings": notes,
         },
     )
@@ -335,6 +338,64 @@ def _flagged(fitting: _Fitting, detector: OodDetector | None) -> np.ndarray | No
     return detector.score({name: values[rows] for name, values in inputs.items()}) > (
         detector.threshold()
     )
+
+
+#: Miss rates the conformal rule is tried at when the default rule is chosen on val.
+RULE_CHOICE_ALPHAS = (0.2, 0.1, 0.05, 0.03, 0.02, 0.015, 0.01, 0.007, 0.005, 0.003, 0.002, 0.001)
+
+
+def _choose_rule(directory: RunDir, fitting: _Fitting, detector: OodDetector | None) -> dict | None:
+    """The referral rule that refers fewest val images for the same accepted accuracy.
+
+    The selective rule at its first target gives an accepted accuracy on val; the conformal
+    rule is tried at :data:`RULE_CHOICE_ALPHAS` and the smallest referral reaching that
+    accuracy taken. The rule that refers less becomes predict's default (``None``: the run
+    is too small for either to accept anything, and the earlier default stands).
+    """
+    name = fitting.default
+    probabilities = fitting.val_probabilities[name]
+    labels = fitting.val[fitting.names[0]]["labels"]
+    correct = probabilities.argmax(axis=1) == labels
+    flagged = None
+    if detector is not None:
+        inputs = _ood_inputs(detector.method, fitting.val, fitting.names, fitting.scaler)
+        flagged = detector.score(inputs) > detector.threshold()
+    selective = SelectiveClassifier.load(
+        directory.combiners_dir / selective_file(name), fitting.hashes
+    )
+    accepted = selective.accept(probabilities, None, flagged)
+    if not accepted.any():
+        return None
+    target_accuracy = float(correct[accepted].mean())
+    result = {
+        "chosen_on": "val",
+        "combiner": name,
+        "accepted_accuracy": selective.targets[0],
+        "selective": {"referred": float(1 - accepted.mean()), "accuracy": target_accuracy},
+        "conformal": None,
+    }
+    conformal = ConformalClassifier.load(
+        directory.combiners_dir / conformal_file(name), fitting.hashes
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallCalibrationWarning)
+        for alpha in RULE_CHOICE_ALPHAS:
+            sets = conformal.predict_sets(probabilities, alpha)
+            kept = ~conformal_referral(probabilities, sets, flagged)
+            if kept.any() and correct[kept].mean() >= target_accuracy:
+                referred = float(1 - kept.mean())
+                best = result["conformal"]
+                if best is None or referred < best["referred"]:
+                    result["conformal"] = {
+                        "alpha": alpha,
+                        "referred": referred,
+                        "accuracy": float(correct[kept].mean()),
+                    }
+    conformal_referred = (result["conformal"] or {}).get("referred", 1.0)
+    result["rule"] = (
+        "selective" if result["selective"]["referred"] <= conformal_referred else "conformal"
+    )
+    return result
 
 
 def _check_selective_options(

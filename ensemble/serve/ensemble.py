@@ -423,7 +423,13 @@ class Ensemble:
         return None
 
     def referral_warnings(
-        self, tta: bool, alpha: float | None, *, asked: str | None, rule: str
+        self,
+        tta: bool,
+        alpha: float | None,
+        *,
+        asked: str | None,
+        rule: str,
+        accepted_accuracy: float | None = None,
     ) -> list[str]:
         """What ``predict`` and the API warn about, one line each (none when all is well).
 
@@ -435,10 +441,15 @@ class Ensemble:
             alpha: the miss rate asked for (``None``: the calibrated default).
             asked: the rule asked for (``None``: the default).
             rule: the rule that will be used (:meth:`referral_settings`).
+            accepted_accuracy: the selective rule's target asked for (``None``: the first).
         """
         lines = [self.tta_warning(tta)]
+        if rule == "selective":
+            lines.append(self.selective_warning(accepted_accuracy))
         if rule == "conformal":
             lines.append(self.calibration_warning(alpha))
+        elif rule != "agreement":
+            pass
         elif asked is None and not self.conformal_:
             lines.append(
                 f"note: run {self.run.root} was fitted before prediction sets: abstain follows "
@@ -454,11 +465,31 @@ class Ensemble:
                 )
         return [line for line in lines if line]
 
-    def default_refer(self, alpha: float | None = None) -> str:
-        """``conformal`` when the sets are calibrated well enough for ``alpha``, else ``agreement``.
+    def selective_warning(self, accepted_accuracy: float | None = None) -> str | None:
+        """A one-line warning when the selective rule accepts nothing at this target, else None."""
+        selective = self._selective(None)
+        target = selective.resolve_target(accepted_accuracy)
+        thresholds = np.atleast_1d(np.asarray(selective.threshold(target), dtype=np.float64))
+        if np.isfinite(thresholds).any():
+            return None
+        return (
+            f"warning: the calibration images of {self.run.root} cannot show accepted accuracy "
+            f"{target:g} at delta {selective.delta:g}, so every image is referred (ask "
+            "fit-stacker for a lower --accepted-accuracy, or fit a run with more blend images)"
+        )
 
-        Well enough: the calibration has the images ``alpha`` needs, so sets are not all classes.
+    def default_refer(self, alpha: float | None = None) -> str:
+        """The rule ``abstain`` follows when none is asked for.
+
+        The rule fit-stacker chose on val — the one that refers fewer images for the same
+        accepted accuracy (``calibration_["default_refer"]``) — unless an ``alpha`` is given;
+        else ``conformal`` when the sets are calibrated well enough for ``alpha`` (the
+        calibration has the images ``alpha`` needs, so sets are not all classes), else
+        ``agreement``.
         """
+        chosen = (self.calibration_ or {}).get("default_refer") or {}
+        if alpha is None and chosen.get("combiner") == self.combiner_ and chosen.get("rule"):
+            return chosen["rule"]
         if not self.conformal_:
             return "agreement"
         conformal = self._conformal(None)
@@ -540,7 +571,9 @@ class Ensemble:
             alpha, refer, min_agreement, min_confidence, accepted_accuracy
         )
         if warn:
-            for line in self.referral_warnings(tta, alpha, asked=asked, rule=refer):
+            for line in self.referral_warnings(
+                tta, alpha, asked=asked, rule=refer, accepted_accuracy=accepted_accuracy
+            ):
                 message = line.removeprefix("warning: ").removeprefix("note: ")
                 warnings.warn(message, stacklevel=2)
         outputs = self._as_outputs(images, tta, batch_size)

@@ -213,7 +213,9 @@ def prepare_prediction(
         alpha, refer, min_agreement, min_confidence, accepted_accuracy
     )
     settings["refer"] = rule
-    for warning in fitted.referral_warnings(tta, alpha, asked=refer, rule=rule):
+    for warning in fitted.referral_warnings(
+        tta, alpha, asked=refer, rule=rule, accepted_accuracy=accepted_accuracy
+    ):
         print(warning, file=sys.stderr)
     header = _header(fitted, resolved_alpha, rule, settings)
     return PredictionJob(folder, paths, ensemble, settings, header)
