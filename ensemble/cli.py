@@ -347,6 +347,48 @@ _FIT_STACKER_HELP = (
 )
 
 
+@app.command()
+def distill(
+    run: Annotated[Path, typer.Option(help="A fitted run: its ensemble is the teacher.")],
+    out: Annotated[Path, typer.Option(help="The student's new run directory.")],
+    spec: Annotated[
+        str,
+        typer.Option(
+            metavar="FILE|NAME",
+            help="The student's member spec: a TOML file, or a built-in one "
+            "(distill/mobilenetv2-64-distilled.toml).",
+        ),
+    ] = "distill/mobilenetv2-64-distilled.toml",
+    teacher_tta: Annotated[
+        bool | None,
+        typer.Option(
+            "--teacher-tta/--no-teacher-tta",
+            help="The ensemble over the 8 dihedral views (default: as its combiners were fitted).",
+            show_default=False,
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="The run's data (default: the path in its manifest).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Train the student again.")] = False,
+    classes: ClassesOption = None,
+    data_root: DataRootOption = None,
+) -> None:
+    """Train one fast student on the whole fitted ensemble; save it as a run of its own."""
+    from ensemble.members.specs import load_member_spec
+    from ensemble.recipes import resolve_member_spec
+    from ensemble.run.directory import RunDir
+    from ensemble.serve.distill import distill as distill_run
+
+    student = load_member_spec(resolve_member_spec(spec))
+    dataset = _load(RunDir.open(run).data_source(data), classes, data_root)
+    metrics = distill_run(run, out, student, dataset=dataset, teacher_tta=teacher_tta, force=force)
+    typer.echo(
+        f"{student.name}: val accuracy {metrics['val_accuracy']:.4f}, "
+        f"{metrics['train_seconds'] / 60:.1f} min; run {out} (predict, report: --run {out})"
+    )
+
+
 @app.command("fit-stacker", help=_FIT_STACKER_HELP)
 def fit_stacker(
     run: Annotated[Path, typer.Option(help="Run directory made by train-members.")],

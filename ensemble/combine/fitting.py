@@ -96,6 +96,7 @@ def fit_combiners(
     delta: float = DEFAULT_DELTA,
     selective_score: str = "confidence",
     per_class: bool = False,
+    default: str | None = None,
 ) -> Selection:
     """Fit temperatures and every combiner on half of ``blend``; choose a default; calibrate.
 
@@ -121,6 +122,8 @@ def fit_combiners(
         delta: the chance that a selective guarantee fails.
         selective_score: what the selective rule thresholds: ``confidence`` or ``margin``.
         per_class: one selective threshold per predicted class.
+        default: the combiner or member predict uses by default; ``None`` = the highest
+            cross-validated accuracy (a distilled run names its one member).
 
     Returns:
         The selection written to ``combiners/selection.json``; its ``calibration["warnings"]``
@@ -140,6 +143,13 @@ def fit_combiners(
     directory = run.directory
     names = directory.trained_members() if members is None else _chosen_members(directory, members)
     fitting = _fit_on_half(run, names, tta, seed, shift_copies)
+    if default is not None:
+        if default not in fitting.cv_accuracy:
+            raise ConfigError(
+                f"default {default!r} is neither a combiner nor a member. Choose from "
+                f"{list(fitting.cv_accuracy)}"
+            )
+        fitting.default = default
     notes: list[str] = []
     stage("fit-stacker", "prediction sets and the out-of-distribution detector")
     conformal = _calibrate_sets(

@@ -66,3 +66,25 @@ def resolve_pipeline(name_or_path: str | Path) -> Path:
         f"pipeline not found: give a pipeline TOML file or the name of a built-in pipeline "
         f"{names}. Received: pipeline={str(name_or_path)!r}"
     )
+
+
+def resolve_member_spec(name_or_path: str | Path) -> Path:
+    """A member spec TOML named by a path, or by its path among the built-in member specs.
+
+    Example:
+        >>> resolve_member_spec("distill/mobilenetv2-64-distilled.toml").name
+        'mobilenetv2-64-distilled.toml'
+
+    Raises:
+        ConfigError: neither a file nor a built-in member spec.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    builtin = recipes_root() / "members" / path
+    if builtin.is_file():
+        return builtin
+    raise ConfigError(
+        f"member spec not found: give a TOML file or a built-in spec such as "
+        f"'distill/mobilenetv2-64-distilled.toml'. Received: {str(name_or_path)!r}"
+    )
