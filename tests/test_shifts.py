@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from ensemble.corrupt.shifts import SHIFTS, shift_image, shifted_copy
+from ensemble.corrupt import acquisition
+from ensemble.corrupt.kinds import CORRUPTIONS, EVALUATION, KINDS, TRAINING
+from ensemble.corrupt.shifts import SHIFTS, ZOOM, shift_batch, shift_image, shifted_copy
 from ensemble.data.synthetic import make_arrays
 
 
@@ -18,12 +20,49 @@ def test_shifted_copy_is_deterministic_and_changes_images():
         assert not np.array_equal(first[index], images[index]), kinds[index]
 
 
-def test_blue_cast_is_blue():
+def test_the_evaluation_stain_is_a_blue_cast():
     image = np.full((32, 32, 3), 200, dtype=np.uint8)
-    cast = shift_image(image, "blue_cast", np.random.default_rng(0)).astype(int)
+    cast = shift_image(image, "stain", 0).astype(int)
     assert cast[..., 2].mean() > cast[..., 0].mean() + 30
 
 
 def test_unknown_shift():
     with pytest.raises(ValueError, match="unknown shift 'fog'"):
-        shift_image(np.zeros((4, 4, 3), np.uint8), "fog", np.random.default_rng(0))
+        shift_image(np.zeros((4, 4, 3), np.uint8), "fog", 0)
+
+
+def test_one_vocabulary_trained_on_x_is_tested_on_x():
+    assert set(SHIFTS) == set(CORRUPTIONS) and ZOOM in KINDS
+    assert set(acquisition.FUNCTIONS) == set(CORRUPTIONS)
+
+
+@pytest.mark.parametrize("kind", SHIFTS)
+def test_a_shift_is_the_training_function_at_the_evaluation_strength(kind, monkeypatch):
+    calls = []
+    real = acquisition.FUNCTIONS[kind]
+
+    def spy(images, mask, seed, strength=TRAINING):
+        calls.append(strength)
+        return real(images, mask, seed, strength)
+
+    monkeypatch.setitem(acquisition.FUNCTIONS, kind, spy)
+    images, _, _ = make_arrays(per_class=1, size=32, seed=0)
+    shift_batch(images, kind, 3)
+    assert calls == [EVALUATION]
+
+
+def test_evaluation_strengths_lie_inside_the_training_ones():
+    def inside(inner, outer):
+        return outer[0] <= inner[0] and inner[1] <= outer[1]
+
+    t, e = TRAINING, EVALUATION
+    assert all(inside(r, t.stain_gains[0]) for r in e.stain_gains)
+    assert all(inside(r, t.gammas[0]) for r in e.gammas)
+    assert inside(e.noise_sigma, t.noise_sigma) and inside(e.jpeg_quality, t.jpeg_quality)
+    assert inside(e.hue_shift, (0, t.hue_shift[1]))
+    assert min(e.blur_sigmas_at_96px) >= min(t.blur_sigmas_at_96px)
+    assert max(e.blur_sigmas_at_96px) <= max(t.blur_sigmas_at_96px)
+    assert all(inside(r, t.zoom_scales[0][0]) for r, _ in e.zoom_scales)
+    # Rotation: evaluation reaches 75°; training's ±45° with the dihedral symmetries (90° steps)
+    # covers every angle.
+    assert e.rotation_degrees[1] - 90 <= t.rotation_degrees[1]

@@ -23,8 +23,10 @@ objective and crop, so a cell can appear up to about twice as large or somewhat 
 these images. Zooming in crops and enlarges about the centre; zooming out shrinks and fills the
 border by reflection.
 
-The ranges cover the shifts of :mod:`.shifts` (which measures robustness in the report)
-and go beyond them on both sides; the random draws are independent of the shift generator's.
+Every function takes a :class:`~ensemble.corrupt.kinds.Strength`: training draws at
+:data:`~ensemble.corrupt.kinds.TRAINING` (the default), the report's shifted copies
+(:mod:`.shifts`) call the same functions at :data:`~ensemble.corrupt.kinds.EVALUATION`, inside
+the training ranges; :func:`apply_kind` applies one kind to a whole batch.
 Everything works on float32 batches in the 0–255 range inside ``tf.data``, with stateless random
 ops: the same ``seed`` tensor always gives the same corruptions, whatever else the process did
 before (so training with a given seed is repeatable, also after a resume).
@@ -34,18 +36,10 @@ from __future__ import annotations
 
 import math
 
-CORRUPTIONS = ("rotation", "stain", "exposure", "hue", "blur", "noise", "jpeg")
-CORRUPTION_MODES = ("independent", "one")  # several corruptions per image, or at most one
+from ensemble.corrupt.kinds import CORRUPTIONS, TRAINING, Strength
 
-MAX_ROTATION_DEGREES = 45.0
-STAIN_GAIN_RANGE = (0.7, 1.3)
-GAMMA_RANGE = (0.5, 2.0)
-MAX_HUE_SHIFT = 0.1
-SATURATION_RANGE = (0.7, 1.3)
-BLUR_SIGMAS_AT_96PX = (0.8, 1.2, 1.6, 2.0)
-NOISE_SIGMA_RANGE = (2.0, 20.0)
-JPEG_QUALITY_RANGE = (10, 90)
-DEFAULT_ZOOM_RANGE = (0.65, 2.2)  # scale factors: 0.65 = cell shown smaller, 2.2 = larger
+CORRUPTION_MODES = ("independent", "one")  # several corruptions per image, or at most one
+DEFAULT_ZOOM_RANGE = TRAINING.zoom_scales[0][0]  # 0.65 = cell shown smaller, 2.2 = larger
 
 
 def corrupt(images, probability: float, seed, mode: str = "independent"):
@@ -68,7 +62,7 @@ def corrupt(images, probability: float, seed, mode: str = "independent"):
 
     if mode not in CORRUPTION_MODES:
         raise ValueError(f"mode must be one of {list(CORRUPTION_MODES)}. Received: mode={mode!r}")
-    corruptions = (_rotate, _stain, _exposure, _hue, _blur, _noise, _jpeg)
+    corruptions = [FUNCTIONS[kind] for kind in CORRUPTIONS]
     if mode == "one":
         kinds = one_corruption_kinds(tf.shape(images)[0], probability, seed)
         for index, corruption in enumerate(corruptions):
@@ -187,14 +181,27 @@ def _select(mask, corrupted, images):
     return tf.where(mask[:, None, None, None], corrupted, images)
 
 
-def _rotate(images, mask, seed):
+def _signed(values, seed):
+    """``values`` with a random sign each (a stateless draw from ``seed``)."""
+    import tensorflow as tf
+
+    flip = tf.random.stateless_uniform(tf.shape(values), seed) < 0.5
+    return tf.where(flip, -values, values)
+
+
+def _rotate(images, mask, seed, strength: Strength = TRAINING):
     import tensorflow as tf
 
     batch = tf.shape(images)[0]
     height = tf.cast(tf.shape(images)[1], tf.float32)
     width = tf.cast(tf.shape(images)[2], tf.float32)
-    limit = MAX_ROTATION_DEGREES * math.pi / 180
-    angles = tf.random.stateless_uniform([batch], seed, -limit, limit) * tf.cast(mask, tf.float32)
+    low, high = (degrees * math.pi / 180 for degrees in strength.rotation_degrees)
+    if strength.rotation_either_way:
+        angle_seed, sign_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        angles = _signed(tf.random.stateless_uniform([batch], angle_seed, low, high), sign_seed)
+    else:
+        angles = tf.random.stateless_uniform([batch], seed, low, high)
+    angles = angles * tf.cast(mask, tf.float32)
     cos, sin = tf.cos(angles), tf.sin(angles)
     centre_x, centre_y = (width - 1) / 2, (height - 1) / 2
     # Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2): rotation about
@@ -222,31 +229,51 @@ def _uniform(batch, seed, low, high, channels=1):
     return tf.random.stateless_uniform([batch, 1, 1, channels], seed, low, high)
 
 
-def _stain(images, mask, seed):
+def _stain(images, mask, seed, strength: Strength = TRAINING):
     import tensorflow as tf
 
-    gains = _uniform(tf.shape(images)[0], seed, *STAIN_GAIN_RANGE, channels=3)
+    ranges = strength.stain_gains
+    if len(set(ranges)) == 1:  # one range for every channel
+        gains = _uniform(tf.shape(images)[0], seed, *ranges[0], channels=3)
+    else:  # a cast: each channel its own range
+        low = tf.constant([low for low, _ in ranges], tf.float32)
+        high = tf.constant([high for _, high in ranges], tf.float32)
+        gains = low + _uniform(tf.shape(images)[0], seed, 0.0, 1.0, channels=3) * (high - low)
     return _select(mask, images * gains, images)
 
 
-def _exposure(images, mask, seed):
+def _exposure(images, mask, seed, strength: Strength = TRAINING):
     import tensorflow as tf
 
-    low, high = (math.log(value) for value in GAMMA_RANGE)
-    gamma = tf.exp(_uniform(tf.shape(images)[0], seed, low, high))
+    batch = tf.shape(images)[0]
+    if len(strength.gammas) == 1:
+        low, high = (math.log(value) for value in strength.gammas[0])
+        gamma = tf.exp(_uniform(batch, seed, low, high))
+    else:  # a range chosen per image, then a gamma in it
+        range_seed, value_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        which = tf.random.stateless_uniform(
+            [batch], range_seed, 0, len(strength.gammas), dtype=tf.int32
+        )
+        lows = tf.math.log(tf.constant([low for low, _ in strength.gammas], tf.float32))
+        highs = tf.math.log(tf.constant([high for _, high in strength.gammas], tf.float32))
+        low = tf.gather(lows, which)[:, None, None, None]
+        high = tf.gather(highs, which)[:, None, None, None]
+        gamma = tf.exp(low + _uniform(batch, value_seed, 0.0, 1.0) * (high - low))
     exposed = 255.0 * tf.pow(tf.clip_by_value(images, 0.0, 255.0) / 255.0, gamma)
     return _select(mask, exposed, images)
 
 
-def _hue(images, mask, seed):
+def _hue(images, mask, seed, strength: Strength = TRAINING):
     import tensorflow as tf
 
     batch = tf.shape(images)[0]
     hue_seed, saturation_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     hsv = tf.image.rgb_to_hsv(tf.clip_by_value(images, 0.0, 255.0) / 255.0)
-    shift = _uniform(batch, hue_seed, -MAX_HUE_SHIFT, MAX_HUE_SHIFT)
+    shift = _uniform(batch, hue_seed, *strength.hue_shift)
+    if strength.hue_either_way:
+        shift = _signed(shift, tf.random.experimental.stateless_fold_in(hue_seed, 1))
     hue = tf.math.floormod(hsv[..., 0:1] + shift, 1.0)
-    factor = _uniform(batch, saturation_seed, *SATURATION_RANGE)
+    factor = _uniform(batch, saturation_seed, *strength.saturation)
     saturation = tf.clip_by_value(hsv[..., 1:2] * factor, 0.0, 1.0)
     shifted = tf.image.hsv_to_rgb(tf.concat([hue, saturation, hsv[..., 2:3]], axis=-1)) * 255.0
     return _select(mask, shifted, images)
@@ -261,13 +288,14 @@ def _gaussian_kernel(sigma: float):
     return weights / tf.reduce_sum(weights)
 
 
-def _blur(images, mask, seed):
+def _blur(images, mask, seed, strength: Strength = TRAINING):
     import tensorflow as tf
 
     size = images.shape[1] or 96
     batch = tf.shape(images)[0]
+    sigmas = strength.blur_sigmas_at_96px
     blurred_versions = []
-    for sigma in BLUR_SIGMAS_AT_96PX:
+    for sigma in sigmas:
         kernel = _gaussian_kernel(sigma * size / 96)
         horizontal = tf.tile(kernel[None, :, None, None], [1, 1, 3, 1])
         vertical = tf.tile(kernel[:, None, None, None], [1, 1, 3, 1])
@@ -275,24 +303,24 @@ def _blur(images, mask, seed):
         blurred = tf.nn.depthwise_conv2d(padded, horizontal, [1, 1, 1, 1], "VALID")
         padded = tf.pad(blurred, [[0, 0], [kernel.shape[0] // 2] * 2, [0, 0], [0, 0]], "SYMMETRIC")
         blurred_versions.append(tf.nn.depthwise_conv2d(padded, vertical, [1, 1, 1, 1], "VALID"))
-    which = tf.random.stateless_uniform([batch], seed, 0, len(BLUR_SIGMAS_AT_96PX), dtype=tf.int32)
+    which = tf.random.stateless_uniform([batch], seed, 0, len(sigmas), dtype=tf.int32)
     blurred = tf.gather(tf.stack(blurred_versions, axis=1), which, axis=1, batch_dims=1)
     return _select(mask, blurred, images)
 
 
-def _noise(images, mask, seed):
+def _noise(images, mask, seed, strength: Strength = TRAINING):
     import tensorflow as tf
 
     sigma_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    sigma = _uniform(tf.shape(images)[0], sigma_seed, *NOISE_SIGMA_RANGE)
+    sigma = _uniform(tf.shape(images)[0], sigma_seed, *strength.noise_sigma)
     noise = tf.random.stateless_normal(tf.shape(images), noise_seed) * sigma
     return _select(mask, images + noise, images)
 
 
-def _jpeg(images, mask, seed):
+def _jpeg(images, mask, seed, strength: Strength = TRAINING):
     import tensorflow as tf
 
-    low, high = JPEG_QUALITY_RANGE
+    low, high = strength.jpeg_quality
     qualities = tf.random.stateless_uniform(
         [tf.shape(images)[0]], seed, low, high + 1, dtype=tf.int32
     )
@@ -310,3 +338,53 @@ def _jpeg(images, mask, seed):
         (tf.clip_by_value(images, 0.0, 255.0), qualities, mask),
         fn_output_signature=tf.float32,
     )
+
+
+#: Each corruption kind's function (``images, mask, seed, strength`` → images).
+FUNCTIONS = {
+    "rotation": _rotate,
+    "stain": _stain,
+    "exposure": _exposure,
+    "hue": _hue,
+    "blur": _blur,
+    "noise": _noise,
+    "jpeg": _jpeg,
+}
+
+
+def apply_kind(images, kind: str, seed, strength: Strength = TRAINING):
+    """Apply one kind (a corruption or ``"zoom"``) to every image of a batch.
+
+    Args:
+        images: ``(B, S, S, 3)`` float32 tensor, values in 0–255.
+        kind: one of :data:`ensemble.corrupt.kinds.KINDS`.
+        seed: shape ``[2]`` integer stateless-random seed; same seed, same output.
+        strength: :data:`~ensemble.corrupt.kinds.TRAINING` or
+            :data:`~ensemble.corrupt.kinds.EVALUATION`.
+
+    Returns:
+        The corrupted batch, clipped to 0–255.
+    """
+    import tensorflow as tf
+
+    if kind == "zoom":
+        return tf.clip_by_value(zoom_all(images, strength.zoom_scales, seed), 0.0, 255.0)
+    if kind not in FUNCTIONS:
+        raise ValueError(f"unknown kind {kind!r}. Choose from {[*FUNCTIONS, 'zoom']}")
+    everywhere = tf.ones([tf.shape(images)[0]], tf.bool)
+    return tf.clip_by_value(FUNCTIONS[kind](images, everywhere, seed, strength), 0.0, 255.0)
+
+
+def zoom_all(images, scales: tuple, seed):
+    """Zoom every image of a batch by a factor from ``scales`` (weighted ranges, log-uniform)."""
+    import tensorflow as tf
+
+    batch = tf.shape(images)[0]
+    range_seed, value_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    weights = tf.constant([[math.log(weight) for _, weight in scales]], tf.float32)
+    which = tf.random.stateless_categorical(weights, batch, range_seed)[0]
+    lows = tf.math.log(tf.constant([low for (low, _), _ in scales], tf.float32))
+    highs = tf.math.log(tf.constant([high for (_, high), _ in scales], tf.float32))
+    low, high = tf.gather(lows, which), tf.gather(highs, which)
+    factors = tf.exp(low + tf.random.stateless_uniform([batch], value_seed) * (high - low))
+    return _scale_about_centre(images, factors)

@@ -1,103 +1,66 @@
-"""A seeded generator of realistic acquisition shifts, to test robustness.
+"""The seeded shifted and zoomed copies that measure robustness (report, fit-stacker).
 
-Real smears differ from the training data in stain, focus, exposure and compression. Each
-image gets one shift drawn from :data:`SHIFTS` (seeded per image, so the same images and seed
-always give the same shifted copy): a blue colour cast, blur, JPEG compression, sensor noise,
-under/over-exposure, a rotation by an arbitrary angle, or a hue shift.
-
-Magnification is a kind of its own, :data:`ZOOM`, kept out of :data:`SHIFTS` so that the
-shifted copy measures the same thing as before it existed; the report scores a separate zoomed
-copy in which every image is zoomed: two out of three shown larger (1.25–2×: a tighter crop or
-a stronger objective), one in three smaller (0.7–0.85×, the border filled by reflection).
+Each image of a copy gets one kind of :mod:`ensemble.corrupt.kinds` — the same functions the
+robust members train with (:func:`ensemble.corrupt.acquisition.apply_kind`), at the
+:data:`~ensemble.corrupt.kinds.EVALUATION` strengths and with seeds of their own: image ``i``
+of a copy gets ``kinds[i % len(kinds)]``, so the same images and seed always give the same
+copy. :data:`SHIFTS` are the kinds of the shifted copy (a blue stain cast, blur, JPEG, noise,
+exposure, rotation, hue); magnification is a kind of its own, :data:`ZOOM`, scored in a
+separate zoomed copy in which every image is zoomed (two in three shown 1.25–2× larger, one in
+three 0.7–0.85× smaller, the border filled by reflection).
 """
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
-from PIL import Image, ImageFilter
 
+from ensemble.corrupt.kinds import CORRUPTIONS, EVALUATION, KINDS
 from ensemble.data.images import crop_and_resize
 
-SHIFTS = ("blue_cast", "blur", "jpeg", "noise", "exposure", "rotation", "hue")
+#: The kinds of the shifted copy, in the order images are given them.
+SHIFTS = ("stain", "blur", "jpeg", "noise", "exposure", "rotation", "hue")
 ZOOM = "zoom"
-ZOOM_IN_RANGE = (1.25, 2.0)
-ZOOM_OUT_RANGE = (0.7, 0.85)
+assert set(SHIFTS) == set(CORRUPTIONS) and ZOOM in KINDS
 
 
-def shift_image(image: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
-    """Apply one named shift to an ``(H, W, 3)`` ``uint8`` image."""
-    pixels = image.astype(np.float32)
-    if kind == "blue_cast":
-        gains = np.array([rng.uniform(0.75, 0.9), rng.uniform(0.85, 0.95), rng.uniform(1.1, 1.3)])
-        return _clip(pixels * gains)
-    if kind == "blur":
-        radius = rng.uniform(0.8, 1.6) * image.shape[0] / 96
-        return np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(radius)))
-    if kind == "jpeg":
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, "JPEG", quality=int(rng.integers(10, 30)))
-        return np.asarray(Image.open(buffer).convert("RGB"))
-    if kind == "noise":
-        return _clip(pixels + rng.normal(0, rng.uniform(8, 16), pixels.shape))
-    if kind == "exposure":
-        return _clip(
-            255.0 * (pixels / 255.0) ** rng.choice([rng.uniform(0.55, 0.75), rng.uniform(1.4, 1.8)])
-        )
-    if kind == "rotation":
-        angle = rng.uniform(15, 75)
-        return np.asarray(
-            Image.fromarray(image).rotate(
-                angle, resample=Image.Resampling.BILINEAR, fillcolor=_edge(image)
-            )
-        )
-    if kind == "hue":
-        hsv = np.asarray(Image.fromarray(image).convert("HSV")).astype(np.int16)
-        hsv[..., 0] = (hsv[..., 0] + int(rng.integers(10, 25)) * rng.choice([-1, 1])) % 256
-        return np.asarray(Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB"))
-    if kind == ZOOM:
-        zoom_range = ZOOM_IN_RANGE if rng.uniform() < 2 / 3 else ZOOM_OUT_RANGE
-        return zoom_image(image, float(np.exp(rng.uniform(*np.log(zoom_range)))))
-    raise ValueError(f"unknown shift {kind!r}. Choose from {[*SHIFTS, ZOOM]}")
+def shift_image(image: np.ndarray, kind: str, seed: int | tuple[int, ...] = 0) -> np.ndarray:
+    """One ``(H, W, 3)`` ``uint8`` image with one kind applied at the evaluation strength."""
+    return shift_batch(image[None], kind, seed)[0]
 
 
-def zoom_image(image: np.ndarray, scale: float) -> np.ndarray:
-    """Show an ``(H, W, 3)`` ``uint8`` image ``scale`` times larger (> 1) or smaller (< 1).
+def shift_batch(images: np.ndarray, kind: str, seed: int | tuple[int, ...]) -> np.ndarray:
+    """A ``(B, H, W, 3)`` ``uint8`` batch with one kind applied to every image.
 
-    Zooming in crops the centre and enlarges it; zooming out shrinks the whole image and fills
-    the border by reflection. Bicubic resampling; the output has the input's size.
+    Raises:
+        ValueError: an unknown kind.
     """
-    height, width = image.shape[:2]
-    if scale >= 1:
-        crop_h, crop_w = height / scale, width / scale
-        top, left = (height - crop_h) / 2, (width - crop_w) / 2
-        box = (left, top, left + crop_w, top + crop_h)
-        return np.asarray(
-            Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC, box=box)
-        )
-    small_h, small_w = max(1, round(height * scale)), max(1, round(width * scale))
-    small = np.asarray(Image.fromarray(image).resize((small_w, small_h), Image.Resampling.BICUBIC))
-    top, left = (height - small_h) // 2, (width - small_w) // 2
-    padding = ((top, height - small_h - top), (left, width - small_w - left), (0, 0))
-    return np.pad(small, padding, mode="reflect")
+    import tensorflow as tf
+
+    from ensemble.corrupt.acquisition import apply_kind
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown shift {kind!r}. Choose from {list(KINDS)}")
+    seed_words = np.random.SeedSequence(seed).generate_state(2).astype(np.int64)
+    shifted = apply_kind(tf.constant(images, tf.float32), kind, tf.constant(seed_words), EVALUATION)
+    return np.clip(np.asarray(shifted) + 0.5, 0, 255).astype(np.uint8)
 
 
 def shifted_copy(
     images: np.ndarray, seed: int = 0, kinds: tuple[str, ...] = SHIFTS
 ) -> tuple[np.ndarray, list[str]]:
-    """A shifted copy of a batch: image ``i`` gets shift ``kinds[i % len(kinds)]``.
+    """A shifted copy of a batch: image ``i`` gets kind ``kinds[i % len(kinds)]``.
+
+    The images of one kind are shifted together (one seed per kind and copy).
 
     Returns:
-        ``(shifted images, shift name per image)``; deterministic for a given seed.
+        ``(shifted images, kind per image)``; deterministic for a given seed.
     """
+    names = [kinds[index % len(kinds)] for index in range(len(images))]
     result = np.empty_like(images)
-    names = []
-    for index, image in enumerate(images):
-        kind = kinds[index % len(kinds)]
-        rng = np.random.default_rng([seed, index])
-        result[index] = shift_image(image, kind, rng)
-        names.append(kind)
+    for number, kind in enumerate(kinds):
+        rows = [index for index, name in enumerate(names) if name == kind]
+        if rows:
+            result[rows] = shift_batch(images[rows], kind, (seed, number))
     return result, names
 
 
@@ -117,12 +80,3 @@ def shifted_images(
         for size in images
     }
     return by_size, kinds
-
-
-def _clip(pixels: np.ndarray) -> np.ndarray:
-    return np.clip(pixels + 0.5, 0, 255).astype(np.uint8)
-
-
-def _edge(image: np.ndarray) -> tuple[int, int, int]:
-    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
-    return tuple(int(v) for v in np.median(border, axis=0))
