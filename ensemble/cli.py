@@ -9,6 +9,7 @@ start-up lines and the libraries' warnings stay hidden (:mod:`ensemble.core.cons
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import tempfile
@@ -104,7 +105,9 @@ def main_options(
 ) -> None:
     """Blood-cell image classification with an ensemble of CNN members."""
     _state["debug"] = debug
-    if not (verbose or debug):
+    if verbose or debug:
+        os.environ["ENSEMBLE_VERBOSE"] = "1"  # Ensemble.load keeps TensorFlow's lines then
+    else:
         quiet_console()  # before any command imports TensorFlow
 
 

@@ -69,12 +69,11 @@ def test_api_gives_the_numbers_of_the_command(fitted_ci_run, platelets, tmp_path
     ens = Ensemble.load(fitted_ci_run)
     assert written["header"]["combiner"] == ens.combiner_
     cli = {
-        "proba": np.array([[rows[p.name][f"proba_{c}"] for c in ens.classes_] for p in platelets]),
+        "proba": np.array(
+            [[rows[p.name]["probabilities"][c] for c in ens.classes_] for p in platelets]
+        ),
         "sets": np.array(
-            [
-                [c in rows[p.name]["prediction_set"].split("|") for c in ens.classes_]
-                for p in platelets
-            ]
+            [[c in rows[p.name]["prediction_set"] for c in ens.classes_] for p in platelets]
         ),
         "ood": np.array([rows[p.name]["ood_score"] for p in platelets]),
         "abstain": np.array([rows[p.name]["abstain"] for p in platelets]),

@@ -162,7 +162,7 @@ def test_report_on_ci_run(fitted_ci_run, synthetic_folder, tmp_path, capsys):
 def test_report_bad_split_one_line(fitted_ci_run, capsys):
     code, _, err = run_cli(["report", "--run", fitted_ci_run, "--split", "holdout"], capsys)
     assert code == 2 and err.count("\n") == 1
-    assert "'holdout' is not one of 'test', 'blend', 'val', 'train'" in err
+    assert "--split must be one of train, val, blend, test. Received: 'holdout'." in err
 
 
 @pytest.mark.parametrize("artifact", ["stacker.ubj", "weighted.json", "temperatures.json"])
@@ -260,7 +260,7 @@ def test_every_combiner_of_the_registry_is_loaded(fitted_ci_run):
         fitted.combiner_
         == json.loads((fitted_ci_run / "combiners/selection.json").read_text())["default_combiner"]
     )
-    assert Ensemble.load(fitted_ci_run, "ovr").combiner == "tiny-ovr"
+    assert Ensemble.load(fitted_ci_run, "ovr").combiner_ == "tiny-ovr"
 
 
 def test_not_fitted_error_is_reported_as_a_bug(
@@ -376,7 +376,8 @@ def test_json_holds_numbers_booleans_nulls_and_a_header(
     assert isinstance(good["abstain"], bool) and good["error"] is None
     assert isinstance(good["set_size"], int) and not isinstance(good["set_size"], bool)
     assert isinstance(good["ood_score"], float) and isinstance(good["out_of_distribution"], bool)
-    probabilities = [good[f"proba_{name}"] for name in header["classes"]]
+    assert list(good["probabilities"]) == header["classes"]  # JSON: an object by class
+    probabilities = [good["probabilities"][name] for name in header["classes"]]
     assert all(isinstance(p, float) for p in probabilities)
     assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
     assert max(probabilities) == good["confidence"]
@@ -384,7 +385,7 @@ def test_json_holds_numbers_booleans_nulls_and_a_header(
     broken = rows["zero.jpg"]
     assert broken["prediction"] is None and "empty file" in broken["error"]
     assert broken["confidence"] is None and broken["abstain"] is None
-    assert broken["ood_score"] is None and broken["proba_platelet"] is None
+    assert broken["ood_score"] is None and broken["probabilities"] is None
 
 
 def test_refer_conformal_follows_the_set_and_agreement_the_old_rule(
@@ -397,7 +398,7 @@ def test_refer_conformal_follows_the_set_and_agreement_the_old_rule(
     assert conformal["header"]["refer"] == "conformal" and conformal["header"]["alpha"] == 0.2
     threshold = conformal["header"]["ood_threshold"]
     for row in conformal["predictions"]:
-        accepted = row["prediction_set"] == row["prediction"] and row["ood_score"] <= threshold
+        accepted = row["prediction_set"] == [row["prediction"]] and row["ood_score"] <= threshold
         assert row["abstain"] is (not accepted)
         assert row["out_of_distribution"] is (row["ood_score"] > threshold)
     agreement, _ = _predict_json(
@@ -439,9 +440,7 @@ def test_alpha_changes_set_sizes(fitted_ci_run, synthetic_folder, tmp_path, caps
         written, _ = _predict_json(
             synthetic_folder, fitted_ci_run, tmp_path, capsys, "--alpha", alpha
         )
-        sets[alpha] = [
-            set(filter(None, row["prediction_set"].split("|"))) for row in written["predictions"]
-        ]
+        sets[alpha] = [set(row["prediction_set"] or []) for row in written["predictions"]]
         assert [len(s) for s in sets[alpha]] == [r["set_size"] for r in written["predictions"]]
     for small, large in (("0.9", "0.2"), ("0.2", "0.01")):  # nested: a larger alpha, a subset
         assert all(a <= b for a, b in zip(sets[small], sets[large], strict=True))
@@ -454,7 +453,10 @@ def test_alpha_changes_set_sizes(fitted_ci_run, synthetic_folder, tmp_path, caps
     [
         (["--alpha", "0"], "alpha must be a number strictly between 0 and 1"),
         (["--alpha", "1.5"], "alpha must be a number strictly between 0 and 1"),
-        (["--refer", "vote"], "'vote' is not one of 'conformal', 'agreement'"),
+        (
+            ["--refer", "vote"],
+            "--refer must be one of conformal, selective, agreement. Received: 'vote'.",
+        ),
         (["--min-agreement", "2"], "min_agreement must be in [0, 1]"),
     ],
 )

@@ -8,7 +8,7 @@ import tracemalloc
 import pytest
 
 from ensemble.serve.predict import Predictions, predict_folder, prediction_columns
-from ensemble.serve.prediction_files import write_rows
+from ensemble.serve.prediction_files import json_row, write_rows
 from tests.conftest import run_cli
 
 CLASSES = ["basophil", "platelet"]
@@ -40,8 +40,7 @@ def _row(number: int) -> dict:
 
 
 def _csv_as_before(rows: list[dict]) -> str:
-    """The CSV as ``Predictions.to_csv`` wrote it before the streaming writer."""
-    decimals = {"confidence": 4, "agreement": 3, "ood_score": 4}
+    """The CSV as ``Predictions.to_csv`` writes it in one go: every number to 6 decimals."""
 
     def cell(column, value):
         if value is None:
@@ -49,7 +48,7 @@ def _csv_as_before(rows: list[dict]) -> str:
         if isinstance(value, bool):
             return str(value).lower()
         if isinstance(value, float):
-            return f"{value:.{decimals.get(column, 6)}f}"
+            return f"{value:.6f}"
         return str(value)
 
     buffer = io.StringIO()
@@ -59,11 +58,23 @@ def _csv_as_before(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
+def _natural(row: dict) -> dict:
+    """A row in JSON's natural types, written out by hand: the set a list, two objects."""
+    plain = {k: v for k, v in row.items() if not k.startswith(("proba_", "vote_"))}
+    if plain["prediction_set"] is not None:
+        plain["prediction_set"] = plain["prediction_set"].split("|")
+    readable = row["error"] is None
+    plain["probabilities"] = {c: row[f"proba_{c}"] for c in CLASSES} if readable else None
+    plain["votes"] = {m: row[f"vote_{m}"] for m in MEMBERS} if readable else None
+    return plain
+
+
 def _json_as_before(rows: list[dict], header: dict) -> str:
-    """The JSON as ``Predictions.to_json`` wrote it before the streaming writer."""
+    """The JSON as ``json.dumps`` would write the whole document at once."""
     skipped = sum(1 for row in rows if row["error"])
     counts = {"n_predicted": len(rows) - skipped, "n_skipped": skipped}
-    return json.dumps({"header": header | counts, "predictions": rows}, indent=1) + "\n"
+    document = {"header": header | counts, "predictions": [_natural(row) for row in rows]}
+    return json.dumps(document, indent=1) + "\n"
 
 
 @pytest.mark.parametrize("count", [0, 1, 7])
@@ -138,7 +149,8 @@ def test_command_output_equals_the_python_api_rows(fitted_ci_run, messy_folder, 
     code, _, err = run_cli([*args, tmp_path / "p.json", "--json"], capsys)
     assert code == 3, err
     written = json.loads((tmp_path / "p.json").read_text())
-    assert written["predictions"] == kept.rows  # every value, exactly (the same process)
+    natural = [json_row(row) for row in kept.rows]
+    assert written["predictions"] == natural  # every value, exactly (the same process)
     assert written["header"] == kept.header | {"n_predicted": 5, "n_skipped": 3}
 
 

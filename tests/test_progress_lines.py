@@ -27,8 +27,14 @@ def test_fit_stacker_says_what_it_is_doing(trained_ci, tmp_path, monkeypatch):
     code, _, err = run_cli_captured(["fit-stacker", "--run", run])
     assert code == 0, err
     stages = [line for line in err.splitlines() if line.startswith("fit-stacker: ")]
-    assert stages[:3] == [
+    assert stages[:2] == [
         "fit-stacker: outputs of 3 members on val and blend",
         "fit-stacker: temperatures on val; every combiner on one half of blend",
+    ]
+    scores = [line.split(":")[1].strip() for line in stages[2:7]]
+    assert scores == ["hard", "soft", "weighted", "greedy", "stack"]  # one line per combiner
+    assert all("cross-validated accuracy" in line for line in stages[2:7])
+    assert stages[7:] == [
         "fit-stacker: prediction sets and the out-of-distribution detector",
+        "fit-stacker: selective thresholds for the accepted accuracies",
     ]

@@ -179,7 +179,7 @@ def test_report_cards_wrong_first_under_the_limit_then_by_confidence():
 class _CalibratedRun:
     """What gallery_referral reads of a fitted ensemble: a calibrated run with an OOD detector."""
 
-    ood = object()
+    ood_ = object()
     ood_threshold = 1.0
 
     def __init__(self, rule):

@@ -85,7 +85,7 @@ def test_fit_stacker_with_shift_copies_and_chosen_members(fitted_ci_run, capsys,
         ),
         (
             ["--shift-copies", "-1"],
-            "error: Invalid value for '--shift-copies': Input should be greater than or equal to 0",
+            "error: --shift-copies must be at least 0. Received: '-1'",
         ),
     ],
 )

@@ -12,14 +12,19 @@ import ensemble.combine.voting  # noqa: F401  registers hard, soft, weighted, gr
 
 # isort: split
 import ensemble.combine.stacker  # noqa: F401  registers stack
-from ensemble.combine.base import Combiner, registered_so_far
+from ensemble.combine.base import Combiner, VotingCombiner, registered_so_far
 
 
 def registered_combiners() -> dict[str, type[Combiner]]:
     """Every combiner by name, in the order fit-stacker fits and report lists them.
 
+    The voting combiners first, in the order :mod:`ensemble.combine.voting` declares them, then
+    the feature-based ones — whichever module happened to be imported first.
+
     Example:
         >>> list(registered_combiners())
         ['hard', 'soft', 'weighted', 'greedy', 'stack']
     """
-    return registered_so_far()
+    every = registered_so_far()
+    voting = {name: cls for name, cls in every.items() if issubclass(cls, VotingCombiner)}
+    return voting | {name: cls for name, cls in every.items() if name not in voting}

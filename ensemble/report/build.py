@@ -473,19 +473,22 @@ def gallery_referral(
 ) -> tuple[str, np.ndarray]:
     """Which images ``predict`` would refer with ``combiner``, by the run's default rule.
 
-    The conformal rule (the set is not exactly the prediction, or the OOD score is over its
-    threshold) once the run is calibrated well enough for its default alpha, else the agreement
-    rule at ``predict``'s default thresholds.
+    The selective rule (not confident enough for the calibrated accepted accuracy, or out of
+    distribution) or the conformal rule (the set is not exactly the prediction, or the OOD
+    score is over its threshold), whichever fit-stacker chose; the agreement rule at
+    ``predict``'s default thresholds for a run not calibrated well enough.
 
     Returns:
-        ``(rule, referred)``: ``"conformal"`` or ``"agreement"``, and a ``(N,)`` boolean mask.
+        ``(rule, referred)``: the rule's name and a ``(N,)`` boolean mask.
     """
     rule = ensemble.default_refer()
-    if rule == "conformal":
-        sets = ensemble.sets_from_probabilities(probabilities, None, combiner)
+    if rule in ("conformal", "selective"):
         flagged = None
         if ensemble.ood_ is not None:
             flagged = ensemble.ood_from_outputs(outputs) > ensemble.ood_threshold
+        if rule == "selective":
+            return rule, ~ensemble.selective_[combiner].accept(probabilities, None, flagged)
+        sets = ensemble.sets_from_probabilities(probabilities, None, combiner)
         return rule, conformal_referral(probabilities, sets, flagged)
     return rule, agreement_referral(
         probabilities, outputs.votes, DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_CONFIDENCE

@@ -463,6 +463,11 @@ def _referral_rule(gallery: dict) -> str:
             "the conformal prediction set is not exactly the prediction, or the image is out of "
             "distribution"
         )
+    if gallery.get("rule") == "selective":
+        return (
+            "not confident enough for the accuracy guaranteed on accepted images, or out of "
+            "distribution"
+        )
     return (
         f"member agreement under {gallery['min_agreement']:.0%} or confidence under "
         f"{gallery['min_confidence']:.0%}"
@@ -707,7 +712,8 @@ def _selective(selective: dict | None, metrics: dict) -> str:
     charts = []
     for name in image_sets:
         curves = selective["curves"].get(name, {})
-        shown = {model: curves[model] for model in curves if model in combiners} or curves
+        order = [model for model in combiners if model in curves] or sorted(curves)
+        shown = {model: curves[model] for model in order}  # metrics.json sorts its keys
         values = first["image_sets"][name]
         chosen = {
             "referred": values["referred"],
