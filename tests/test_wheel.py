@@ -121,7 +121,8 @@ def test_installed_wheel_finds_built_in_recipes_from_an_empty_folder(venv_bin, t
     assert result.returncode == 2
     assert (
         "pipeline not found: give a pipeline TOML file or the name of a built-in pipeline "
-        "['an2dl', 'ci', 'demo', 'pbc-cpu', 'pbc-cpu-ablation', 'pbc-cpu-students']. Received: pipeline='nope'"
+        "['an2dl', 'ci', 'demo', 'pbc-cpu', 'pbc-cpu-ablation', 'pbc-cpu-students']. "
+        "Received: pipeline='nope'"
     ) in result.stderr
 
 
