@@ -361,6 +361,7 @@ def build_report(
         "cv_accuracy_on_blend": _cv_accuracy_on_blend(ensemble),
         "best_member": best_member,
         "best_combiner": best_combiner,
+        "default_combiner": ensemble.default_combiner_,
         "interval_methods": INTERVAL_METHODS,
         "models": models,
         "mcnemar": significance_tests(probabilities, labels, combiners, best_member),

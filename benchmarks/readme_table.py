@@ -1,0 +1,74 @@
+"""The README's headline table, rendered from a committed report's ``metrics.json`` alone.
+
+    python benchmarks/readme_table.py results/pbc-cpu/metrics.json
+
+Rows: the best member on clean images, the best member on the shifted copy, the default
+combiner, and the best combiner on the zoomed copy (each once). ``tests/test_readme_numbers.py``
+checks that the README shows exactly these numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def rows(metrics: dict) -> list[tuple[str, str]]:
+    """``(model, role)`` of each row, in table order, without repeats."""
+    combiners = metrics["combiners"]
+    default = metrics.get("default_combiner") or metrics["best_combiner"]
+    zoomed = metrics.get("zoomed") or {}
+    chosen = [
+        (metrics["best_member"], "best member on clean images"),
+        (
+            metrics.get("shifted_best_member", metrics["best_member"]),
+            "best member on the shifted copy",
+        ),
+        (default, "default combiner, chosen on blend"),
+    ]
+    if zoomed:
+        best_zoomed = max(combiners, key=lambda name: zoomed[name]["accuracy"])
+        chosen.append((best_zoomed, "best combiner on the zoomed copy"))
+    seen, result = set(), []
+    for name, role in chosen:
+        if name not in seen:
+            seen.add(name)
+            result.append((name, role))
+    return result
+
+
+def cells(metrics: dict, name: str) -> list[str]:
+    """Clean accuracy with its 95 % interval, clean macro-F1, shifted and zoomed accuracy."""
+    model = metrics["models"][name]
+    low, high = model["ci95"]["accuracy"]
+    shifted = (metrics.get("shifted") or {}).get(name)
+    zoomed = (metrics.get("zoomed") or {}).get(name)
+    return [
+        f"{model['accuracy']:.4f} ({low:.4f}–{high:.4f})",
+        f"{model['macro_f1']:.4f}",
+        f"{shifted['accuracy']:.4f}" if shifted else "-",
+        f"{zoomed['accuracy']:.4f}" if zoomed else "-",
+    ]
+
+
+def table(metrics: dict) -> str:
+    """The Markdown table."""
+    lines = [
+        "| model | clean accuracy (95 % CI) | clean macro-F1 | shifted | zoomed |",
+        "|---|---|---|---|---|",
+    ]
+    for name, role in rows(metrics):
+        lines.append(f"| `{name}` ({role}) | " + " | ".join(cells(metrics, name)) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Print the table of the ``metrics.json`` given."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("metrics", type=Path)
+    print(table(json.loads(parser.parse_args().metrics.read_text())))
+
+
+if __name__ == "__main__":
+    main()
