@@ -17,7 +17,7 @@ from pathlib import Path
 def rows(metrics: dict) -> list[tuple[str, str]]:
     """``(model, role)`` of each row, in table order, without repeats."""
     combiners = metrics["combiners"]
-    default = metrics.get("default_combiner") or metrics["best_combiner"]
+    default = metrics.get("default_combiner") or _chosen_on_blend(metrics)
     zoomed = metrics.get("zoomed") or {}
     chosen = [
         (metrics["best_member"], "best member on clean images"),
@@ -36,6 +36,17 @@ def rows(metrics: dict) -> list[tuple[str, str]]:
             seen.add(name)
             result.append((name, role))
     return result
+
+
+def _chosen_on_blend(metrics: dict) -> str:
+    """For reports written before they recorded it: the default fit-stacker chose.
+
+    The highest cross-validated blend accuracy, ties to a combiner, then the earlier one
+    (:func:`ensemble.combine.fitting.choose_default`).
+    """
+    from ensemble.combine.fitting import choose_default
+
+    return choose_default(metrics["cv_accuracy_on_blend"], metrics["combiners"])
 
 
 def cells(metrics: dict, name: str) -> list[str]:
