@@ -74,6 +74,11 @@ def recipe(run: RunDir, name: str) -> str:
     parts.append(f"zoom {augmentation.zoom_probability:g}")
     if spec.early_stopping.keep == "last":
         parts.append("last epoch")
+    if spec.distill.teachers:
+        views = ", teacher over 8 views" if spec.distill.teacher_tta else ""
+        parts.append(
+            f"taught by {'+'.join(spec.distill.teachers)} (weight {spec.distill.weight:g}{views})"
+        )
     parts.append(f"seed {spec.seed}")
     return ", ".join(parts)
 
