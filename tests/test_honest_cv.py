@@ -58,7 +58,7 @@ def test_the_folds_every_combiner_shares_keep_copies_with_their_image():
 
 
 def test_the_stacker_chooses_its_settings_on_folds_grouped_by_image(monkeypatch):
-    blend = _blend()
+    blend = _blend(n=80)  # 240 rows with the copies: enough to search the settings
     seen = []
 
     def record(self, standard, labels, folds, components, depth, l2):
@@ -98,3 +98,14 @@ def test_stacker_and_voters_are_scored_on_the_same_rows():
     for combiner in (voter, stacker):
         score = combiner.cross_validated_accuracy(blend)
         assert score * len(blend.labels) == pytest.approx(round(score * len(blend.labels)))
+
+
+def test_a_small_blend_fixes_the_settings_in_advance(monkeypatch):
+    from ensemble.combine.stacker import GRID_MIN_IMAGES, SMALL_BLEND_SETTINGS
+
+    blend = _blend(n=24)
+    assert len(blend.labels) < GRID_MIN_IMAGES
+    monkeypatch.setattr(Stacker, "_cross_validate", lambda *args: pytest.fail("searched"))
+    stacker = Stacker.create(["a", "b"], seed=0).fit_blend(blend)
+    assert stacker.settings_["max_depth"] == SMALL_BLEND_SETTINGS.max_depth
+    assert stacker.settings_["l2"] == SMALL_BLEND_SETTINGS.l2

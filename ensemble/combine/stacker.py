@@ -36,6 +36,11 @@ COMPONENTS = (32, 96)  # PCA dimensions of the concatenated features
 DEPTHS = (2, 4)  # XGBoost max_depth
 L2 = (1.0, 10.0)  # XGBoost reg_lambda
 
+#: Below this many fitting images the settings are not searched but fixed in advance
+#: (:data:`SMALL_BLEND_SETTINGS`): a grid of eight cross-validated on a few dozen images
+#: chooses noise, and costs most of fit-stacker's time on a small run.
+GRID_MIN_IMAGES = 200
+
 
 class Settings(NamedTuple):
     """One point of the cross-validated grid."""
@@ -43,6 +48,10 @@ class Settings(NamedTuple):
     components: int  # PCA dimensions (capped by the features and the blend size)
     max_depth: int  # XGBoost tree depth
     l2: float  # XGBoost L2 regularisation (reg_lambda)
+
+
+#: The settings of a blend too small to search them: few components, shallow trees, strong L2.
+SMALL_BLEND_SETTINGS = Settings(32, 2, 10.0)
 
 
 def tie_break(settings: Settings) -> tuple[float, int, int]:
@@ -102,14 +111,21 @@ class Stacker(Combiner):
         self.scale_ = matrix.std(axis=0) + 1e-6
         standard = (matrix - self.mean_) / self.scale_
         self.n_classes_ = int(labels.max()) + 1
-        self.cv_scores_: dict[Settings, float] = {}
+        self.cv_scores_: dict[Settings, float | None] = {}
         self.nested_cv_accuracy_: float | None = None
         folds = grouped_folds(labels, ids, self.seed)
-        for components, depth, l2 in product(COMPONENTS, DEPTHS, L2):
-            point = Settings(min(components, standard.shape[1], len(labels) // 2), depth, l2)
-            if point not in self.cv_scores_:  # capped components can repeat a point
-                self.cv_scores_[point] = self._cross_validate(standard, labels, folds, *point)
-        best = min(self.cv_scores_, key=lambda point: (-self.cv_scores_[point], tie_break(point)))
+        if len(labels) < GRID_MIN_IMAGES:  # fixed in advance: nothing to choose, nothing scored
+            components, depth, l2 = SMALL_BLEND_SETTINGS
+            best = Settings(min(components, standard.shape[1], len(labels) // 2), depth, l2)
+            self.cv_scores_[best] = None
+        else:
+            for components, depth, l2 in product(COMPONENTS, DEPTHS, L2):
+                point = Settings(min(components, standard.shape[1], len(labels) // 2), depth, l2)
+                if point not in self.cv_scores_:  # capped components can repeat a point
+                    self.cv_scores_[point] = self._cross_validate(standard, labels, folds, *point)
+            best = min(
+                self.cv_scores_, key=lambda point: (-self.cv_scores_[point], tie_break(point))
+            )
         self.settings_ = best._asdict()
         self.components_ = _pca(standard, best.components)
         self.model_ = self._fit_model(
