@@ -392,6 +392,43 @@ def distill(
     )
 
 
+@app.command()
+def adapt(
+    run: Annotated[Path, typer.Option(help="The fitted base run (only read).")],
+    labelled: Annotated[
+        Path,
+        typer.Option(
+            help="The lab's reviewed cells: a path,label CSV (e.g. the review page's "
+            "corrections.csv); labels among the run's classes."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="The adapted run's new directory.")],
+    data_root: DataRootOption = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs per member.")] = 4,
+    learning_rate: Annotated[float, typer.Option(help="Fine-tuning learning rate.")] = 3e-4,
+    replay: Annotated[
+        float, typer.Option(min=0, help="Base training images mixed in per lab training image.")
+    ] = 2.0,
+    seed: Annotated[int, typer.Option(help="Seed of the lab's split and the replay.")] = 0,
+) -> None:
+    """Fine-tune a fitted run on a lab's reviewed cells into a new run; recalibrate there."""
+    from ensemble.serve.adapt import adapt as adapt_run
+
+    results = adapt_run(
+        run,
+        labelled,
+        out,
+        data_root=data_root,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        replay=replay,
+        seed=seed,
+    )
+    for name, metrics in results.items():
+        typer.echo(f"{name}: val accuracy on the lab's cells {metrics['val_accuracy']:.4f}")
+    typer.echo(f"adapted run: {out} (predict, report: --run {out})")
+
+
 @app.command("fit-stacker", help=_FIT_STACKER_HELP)
 def fit_stacker(
     run: Annotated[Path, typer.Option(help="Run directory made by train-members.")],

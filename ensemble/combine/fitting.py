@@ -663,6 +663,12 @@ def _fit_ood(
     except ConfigError as error:
         notes.append(f"no OOD detector: {error}")
         return None
+    except np.linalg.LinAlgError:
+        notes.append(
+            f"no OOD detector: the {len(fit_labels)} val images are too few to estimate the "
+            "features' covariance"
+        )
+        return None
     detector.calibrate(detector.score(calibration_inputs))
     detector.save(directory.combiners_dir / OOD, hashes)
     return {

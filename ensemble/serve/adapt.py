@@ -1,0 +1,226 @@
+"""``ensemble adapt``: a fitted run made to work in a lab's images from its reviewed cells.
+
+A lab's microscope, camera, stain and crop differ from the training lab's. From cells a person
+reviewed there (a ``path,label`` CSV, such as the review page's ``corrections.csv``), ``adapt``
+derives a new run from the base run — the base is only read, its members' hashes recorded:
+
+1. the lab's cells are split, stratified by class and keeping duplicates together, into a part
+   that fine-tunes the members (``train``), a part that watches them (``val``), and a held-out
+   part (``blend``) on which the combiners are refitted and the temperatures, prediction sets,
+   OOD threshold and selective thresholds recalibrated;
+2. a replay sample of the base run's own training images joins ``train`` (``replay`` times as
+   many as the lab gives, stratified by class), so the members do not forget the base lab;
+3. every CNN member is fine-tuned from its base weights for a few epochs at a low rate, with
+   its own augmentation; one-vs-rest heads are retrained on their fine-tuned base member;
+4. the combiners are fitted as fit-stacker would, with the base run's members and TTA setting.
+
+The new run is a run like any other (``predict``, ``report``, the API, ``--ray``); it lists its
+images in ``data.csv`` (absolute paths), so it does not depend on the folder it was made from.
+Interrupted, it resumes from the members' checkpoints.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ensemble import FORMAT_VERSION, __version__
+from ensemble.core.errors import ConfigError, DataError, did_you_mean
+from ensemble.core.fileio import atomic_write_json, atomic_write_text
+from ensemble.data.sources import Dataset, load_dataset
+from ensemble.data.split import Split, make_split, save_split
+from ensemble.members.layout import MemberDir
+from ensemble.members.ovr import train_ovr_member
+from ensemble.members.specs import MemberSpec
+from ensemble.members.training import TrainingData, train_member
+from ensemble.run.directory import MANIFEST, RunDir
+from ensemble.serve.ensemble import Ensemble
+
+#: Shares of the lab's cells: fine-tuning, watching, and the held-out part (half refits the
+#: combiners, half calibrates the referral).
+LAB_FRACTIONS = {"train": 0.5, "val": 0.1, "blend": 0.4, "test": 0.0}
+#: Fewest reviewed cells of a class for it to reach every part of the split.
+MIN_PER_CLASS = 5
+
+
+def adapt(
+    base: Path | str,
+    labelled: Path | str,
+    out: Path | str,
+    *,
+    data_root: Path | str | None = None,
+    epochs: int = 4,
+    learning_rate: float = 3e-4,
+    replay: float = 2.0,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """Derive a run adapted to a lab's reviewed cells from a fitted base run.
+
+    Args:
+        base: the fitted base run (only read).
+        labelled: the lab's reviewed cells, a ``path,label`` CSV (labels among the base run's
+            classes).
+        out: the new run directory (an existing one made from the same base and cells resumes).
+        data_root: the folder the CSV's relative paths start from (default: the CSV's folder).
+        epochs: fine-tuning epochs of every CNN member.
+        learning_rate: the fine-tuning rate (constant after no warm-up; cosine to 1 %).
+        replay: base training images mixed in per lab training image.
+        seed: seeds the lab's split, the replay sample and the fine-tuning.
+
+    Returns:
+        Member name → its training metrics.
+
+    Raises:
+        DataError: a label that is not a class of the base run (with a close match), or a
+            class with fewer than :data:`MIN_PER_CLASS` cells.
+        ConfigError: ``out`` is the base run, or a bad setting.
+    """
+    base_dir, out = RunDir.open(base), Path(out)
+    if out.resolve() == base_dir.root.resolve():
+        raise ConfigError(f"--out must be a new run directory, not the base run {base_dir.root}")
+    if epochs < 1 or not 0 < learning_rate < 1 or replay < 0:
+        raise ConfigError(
+            "epochs must be >= 1, learning_rate in (0, 1) and replay >= 0. Received: "
+            f"epochs={epochs}, learning_rate={learning_rate}, replay={replay}"
+        )
+    teacher = Ensemble.load(base_dir)
+    lab = load_dataset(labelled, root=data_root)
+    _check_labels(lab, base_dir.classes)
+    base_data = load_dataset(base_dir.data_source())
+    run = _adapted_run(base_dir, teacher, base_data, lab, out, replay, seed)
+    results = {}
+    for name in run.manifest["members"]:
+        spec = base_dir.member_spec(name)
+        if spec.kind == "ovr":
+            results[name] = train_ovr_member(spec, run)
+            continue
+        results[name] = _fine_tune(spec, base_dir, run, epochs, learning_rate, seed)
+    from ensemble.combine.fitting import fit_combiners
+
+    print("adapt: refitting the combiners and the referral on the lab's cells", file=sys.stderr)
+    fit_combiners(run, tta=teacher.fitted_with_tta_, members=list(teacher.members_))
+    return results
+
+
+def _check_labels(lab: Dataset, classes: list[str]) -> None:
+    """Every label a class of the base run; every class present with enough cells."""
+    for label in lab.classes:
+        if label not in classes:
+            raise DataError(
+                f"label {label!r} of the reviewed cells is not a class of the base run."
+                f"{did_you_mean(label, classes)} Classes: {classes}. Rename it in the CSV."
+            )
+    counts = {name: sum(record.label == name for record in lab.records) for name in lab.classes}
+    few = {name: count for name, count in counts.items() if count < MIN_PER_CLASS}
+    if few:
+        raise DataError(
+            f"too few reviewed cells for classes {few}: each needs at least {MIN_PER_CLASS} "
+            "to be fine-tuned on and held out. Review more cells of them, or leave them out."
+        )
+    if lab.skipped:
+        listed = ", ".join(f"{item.id} ({item.reason})" for item in lab.skipped[:5])
+        print(f"adapt: {len(lab.skipped)} unreadable files left out: {listed}", file=sys.stderr)
+
+
+def _adapted_run(base: RunDir, teacher, base_data, lab, out: Path, replay: float, seed: int):
+    """Create (or reopen) the new run: data.csv, split.json and manifest.json (last)."""
+    if (out / MANIFEST).is_file():
+        run = RunDir.open(out)
+        return run.with_data(load_dataset(out / "data.csv"))
+    out.mkdir(parents=True, exist_ok=True)
+    base_run = base.with_data(base_data)
+    trained_on = {record.content_hash for record in base_data.records}
+    copies = [record.id for record in lab.records if record.content_hash in trained_on]
+    if copies:
+        print(
+            f"adapt: warning: {len(copies)} reviewed cells are byte-identical to images of the "
+            f"base run's data (e.g. {copies[0]}); they teach the lab nothing new",
+            file=sys.stderr,
+        )
+    replayed = _replay_sample(base_run, len(lab.records) * LAB_FRACTIONS["train"] * replay, seed)
+    rows = [(str(r.path.resolve()), r.label) for r in lab.records]
+    rows += [(str(r.path.resolve()), r.label) for r in replayed]
+    text = "path,label\n" + "".join(f"{_csv_cell(path)},{label}\n" for path, label in rows)
+    atomic_write_text(out / "data.csv", text)
+    combined = load_dataset(out / "data.csv")
+    if combined.classes != base.classes:
+        raise DataError(
+            f"the replay sample and the reviewed cells hold classes {combined.classes}; the "
+            f"base run has {base.classes}"
+        )
+    lab_paths = {str(r.path.resolve()) for r in lab.records}
+    lab_view = replace(combined, records=[r for r in combined.records if r.id in lab_paths])
+    split = make_split(lab_view, (), LAB_FRACTIONS, seed)
+    assignment = dict(split.assignment)
+    assignment.update({r.id: "train" for r in combined.records if r.id not in lab_paths})
+    split = Split(assignment, seed, LAB_FRACTIONS, combined.fingerprint())
+    save_split(split, combined, out / "split.json")
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "pipeline": f"{base.manifest.get('pipeline', base.name)}-adapted",
+        "classes": list(base.classes),
+        "data_source": str((out / "data.csv").resolve()),
+        "data_fingerprint": combined.fingerprint(),
+        "members": list(teacher.members_),
+        "adapted_from": {
+            "run": str(base.root.resolve()),
+            "member_sha256": teacher.member_hashes_,
+            "labelled": len(lab.records),
+            "replayed": len(replayed),
+        },
+    }
+    atomic_write_json(out / MANIFEST, manifest)  # last: marks the run as created
+    return RunDir.open(out).with_data(combined)
+
+
+def _replay_sample(base_run, count: float, seed: int) -> list:
+    """About ``count`` of the base run's training images, stratified by class, seeded."""
+    rng = np.random.default_rng(seed)
+    positions = base_run.split.positions(base_run.dataset, "train")
+    labels = base_run.dataset.labels[positions]
+    share = min(1.0, count / max(len(positions), 1))
+    chosen = []
+    for label in np.unique(labels):
+        mine = positions[labels == label]
+        take = max(1, int(round(share * len(mine))))
+        chosen += rng.choice(mine, size=min(take, len(mine)), replace=False).tolist()
+    return [base_run.dataset.records[int(i)] for i in sorted(chosen)]
+
+
+def _csv_cell(path: str) -> str:
+    """A path as a CSV cell (quoted when it needs to be)."""
+    if any(character in path for character in ',"\n'):
+        return '"' + path.replace('"', '""') + '"'
+    return path
+
+
+def _fine_tune(
+    spec: MemberSpec, base: RunDir, run, epochs: int, learning_rate: float, seed: int
+) -> dict:
+    """Fine-tune one CNN member from its base weights on the lab's cells and the replay."""
+    tuned = replace(
+        spec,
+        init_from=str(base.model_path(spec.name)),
+        weights="none",
+        seed=spec.seed + 1000 + seed,
+        schedule=replace(
+            spec.schedule, epochs=epochs, learning_rate=learning_rate, warmup_epochs=0.0
+        ),
+        early_stopping=replace(spec.early_stopping, patience=0, keep="last"),
+        distill=replace(spec.distill, teachers=()),  # the lab's labels teach here
+    )
+    train_images, train_labels = run.images("train", spec.input_size)
+    val_images, val_labels = run.images("val", spec.input_size)
+    data = TrainingData(
+        train_images, train_labels, val_images, val_labels, len(run.dataset.classes)
+    )
+    return train_member(
+        tuned,
+        data,
+        MemberDir(run.member_dir(spec.name)).path,
+        init_weights=base.model_path(spec.name),
+    )

@@ -1,0 +1,99 @@
+"""ensemble adapt: a fitted run fine-tuned on a lab's reviewed cells, into a new run."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import run_cli
+
+
+def _lab(folder, synthetic_folder, per_class=8, rename=None):
+    """A simulated lab: synthetic cells of every class under one fixed stain cast."""
+    from ensemble.corrupt.shifts import shift_batch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["path,label"]
+    for class_folder in sorted(p for p in synthetic_folder.iterdir() if p.is_dir()):
+        for number, path in enumerate(sorted(class_folder.iterdir())[:per_class]):
+            pixels = np.asarray(Image.open(path).convert("RGB"))
+            cast = shift_batch(pixels[None], "stain", (7, number))[0]
+            name = f"{class_folder.name}_{number}.png"
+            Image.fromarray(cast).save(folder / name)
+            label = (rename or {}).get(class_folder.name, class_folder.name)
+            lines.append(f"{name},{label}")
+    (folder / "reviewed.csv").write_text("\n".join(lines) + "\n")
+    return folder / "reviewed.csv"
+
+
+def _digests(folder):
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def adapted(fitted_ci_run, synthetic_folder, tmp_path_factory):
+    from tests.conftest import run_cli_captured
+
+    reviewed = _lab(tmp_path_factory.mktemp("lab"), synthetic_folder)
+    lab_folder = str(reviewed.parent.resolve())
+    before = _digests(fitted_ci_run)
+    out = tmp_path_factory.mktemp("adapted") / "run"
+    args = ["adapt", "--run", fitted_ci_run, "--labelled", reviewed, "--out", out, "--epochs", "1"]
+    code, stdout, err = run_cli_captured(args)
+    assert code == 0, err
+    return out, stdout, before, lab_folder
+
+
+def test_the_adapted_run_mixes_the_labs_cells_with_a_replay_and_holds_some_out(adapted):
+    out, stdout, _, lab_folder = adapted
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["adapted_from"]["labelled"] == 64 and manifest["adapted_from"]["replayed"] > 0
+    split = json.loads((out / "split.json").read_text())
+    lab = [r for r in split["records"] if r["id"].startswith(lab_folder)]
+    parts = {r["split"] for r in lab}
+    assert parts == {"train", "val", "blend"}  # fine-tune, watch, hold out
+    replayed = [r for r in split["records"] if not r["id"].startswith(lab_folder)]
+    assert replayed and {r["split"] for r in replayed} == {"train"}
+    assert f"adapted run: {out}" in stdout
+
+
+def test_members_start_from_the_base_and_the_base_is_only_read(adapted, fitted_ci_run):
+    out, _, before, _ = adapted
+    assert _digests(fitted_ci_run) == before
+    spec = json.loads((out / "members/tiny-a/spec.json").read_text())
+    assert spec["init_from"] == str(fitted_ci_run / "members/tiny-a/model.keras")
+    assert spec["schedule"]["epochs"] == 1
+    selection = json.loads((out / "combiners/selection.json").read_text())
+    assert selection["calibration"]["conformal"]["n_images"] > 0  # recalibrated on the lab
+
+
+def test_the_adapted_run_predicts_like_any_run(adapted, synthetic_folder, capsys):
+    out, _, _, _ = adapted
+    code, stdout, err = run_cli(
+        ["predict", synthetic_folder / "platelet", "--run", out, "--out", "-"], capsys
+    )
+    assert code == 0, err
+    assert stdout.count("\n") == 13
+
+
+@pytest.mark.parametrize(
+    ("rename", "per_class", "message"),
+    [
+        ({"platelet": "platelets"}, 8, "label 'platelets' of the reviewed cells is not a class"),
+        ({"platelet": "platelets"}, 8, "Did you mean 'platelet'?"),
+        ({}, 3, "too few reviewed cells for classes"),
+    ],
+)
+def test_bad_reviews_are_refused_in_one_line(
+    rename, per_class, message, fitted_ci_run, synthetic_folder, tmp_path, capsys
+):
+    reviewed = _lab(tmp_path / "lab", synthetic_folder, per_class, rename)
+    args = ["adapt", "--run", fitted_ci_run, "--labelled", reviewed, "--out", tmp_path / "out"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and message in err and err.count("\n") == 1
