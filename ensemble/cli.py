@@ -337,6 +337,10 @@ _DEFAULT_CONFORMAL_SCORE = ConformalScore(DEFAULT_SCORE)
 _DEFAULT_OOD = OodMethod(DEFAULT_OOD_METHOD)
 _DEFAULT_SELECTIVE_SCORE = SelectiveScore(SELECTIVE_SCORES[0])
 
+#: The review page's order (see ensemble.serve.gallery).
+ReviewOrder = StrEnum("ReviewOrder", {"referral": "referral", "labelling": "labelling"})
+_DEFAULT_REVIEW_ORDER = ReviewOrder("referral")
+
 #: What ``abstain`` follows (see ensemble.refer.rule).
 ReferRule = StrEnum("ReferRule", {name: name for name in REFER_RULES})
 
@@ -688,6 +692,13 @@ def predict(
             "fit-stacker calibrated (default: the one it was asked for).",
         ),
     ] = None,
+    review_order: Annotated[
+        ReviewOrder,
+        typer.Option(
+            help="--html: 'referral' shows referred images first; 'labelling' the ones a label "
+            "teaches most (uncertain, unfamiliar, classes in turn), for ensemble adapt."
+        ),
+    ] = _DEFAULT_REVIEW_ORDER,
     html: Annotated[
         Path | None,
         typer.Option(
@@ -770,7 +781,7 @@ def predict(
     )
     if html:
         kept = Predictions(job.members, job.classes, job.header, tally.rows, tally.seconds)
-        _write_review_page(kept, folder, run, html)
+        _write_review_page(kept, folder, run, html, review_order.value)
     if tally.n_skipped:
         raise typer.Exit(3)
 
@@ -853,7 +864,9 @@ def report(
     )
 
 
-def _write_review_page(result, folder: Path, run: Path, html: Path) -> None:
+def _write_review_page(
+    result, folder: Path, run: Path, html: Path, order: str = "referral"
+) -> None:
     from ensemble.run.directory import RunDir
     from ensemble.serve.gallery import write_review_page
 
@@ -866,8 +879,10 @@ def _write_review_page(result, folder: Path, run: Path, html: Path) -> None:
         result.members,
         str(run),
         header=getattr(result, "header", None),
+        order=order,
     )
-    typer.echo(f"review page ({cards} images, referred first) → {html}", err=True)
+    first = "for labelling" if order == "labelling" else "referred first"
+    typer.echo(f"review page ({cards} images, {first}) → {html}", err=True)
 
 
 def _warn_if_seen_in_training(run: Path, dataset) -> None:

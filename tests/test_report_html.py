@@ -315,3 +315,32 @@ def _fake_metrics(classes, n):
         "skipped": [],
         "tta": False,
     }
+
+
+def test_labelling_order_puts_uncertain_and_unfamiliar_cells_first_classes_in_turn():
+    from ensemble.serve.gallery import order_for_labelling
+
+    cards = [
+        {"id": "a1", "predicted": "a", "confidence": 0.99},
+        {"id": "a2", "predicted": "a", "confidence": 0.6},
+        {"id": "a3", "predicted": "a", "confidence": 0.95, "out_of_distribution": True},
+        {"id": "b1", "predicted": "b", "confidence": 0.7},
+        {"id": "b2", "predicted": "b", "confidence": 0.9},
+    ]
+    ordered = [card["id"] for card in order_for_labelling(cards)]
+    assert ordered == ["a3", "b1", "a2", "b2", "a1"]
+
+
+def test_the_review_page_says_how_many_cells_adapt_wants(
+    fitted_ci_run, synthetic_folder, tmp_path, capsys
+):
+    from ensemble.serve.adapt import MIN_PER_CLASS
+    from tests.conftest import run_cli
+
+    page = tmp_path / "review.html"
+    args = ["predict", synthetic_folder / "platelet", "--run", fitted_ci_run, "--html", page]
+    code, _, err = run_cli([*args, "--review-order", "labelling"], capsys)
+    assert code == 0 and "for labelling" in err
+    text = " ".join(page.read_text().split())
+    assert "Ordered for labelling" in text
+    assert f"needs at least {MIN_PER_CLASS} reviewed cells of every class" in text

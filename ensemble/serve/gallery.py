@@ -443,6 +443,7 @@ def review_page(
     run: str,
     unreadable: Sequence[dict] = (),
     header: dict | None = None,
+    order: str = "referral",
 ) -> str:
     """The review page: every predicted image of a folder as a card with a label picker.
 
@@ -455,8 +456,12 @@ def review_page(
         unreadable: rows of files that could not be read (``path``, ``error``), listed.
         header: how ``predict`` made the rows (``combiner``, ``refer``, ``alpha``,
             ``min_agreement``, ``min_confidence``), when known.
+        order: ``"referral"`` (referred first, then by rising confidence) or ``"labelling"``
+            (:func:`order_for_labelling`: the cells a label teaches most first).
     """
     header = header or {}
+    if order == "labelling":
+        cards = order_for_labelling(cards)
     referred = sum(1 for card in cards if card["referred"])
     skipped = (
         "<h2>Files that could not be read</h2><ul>"
@@ -473,8 +478,7 @@ def review_page(
     body = f"""
 <h1>Review: {len(cards)} images of <code>{escape(folder)}</code></h1>
 <p>Predicted with run <code>{escape(run)}</code>{combiner}. {referred} image(s) are referred
-to a person ({escape(_referral_rule(header))}) and come first; then every other image by rising
-confidence.</p>
+to a person ({escape(_referral_rule(header))}). {_order_note(order)}</p>
 <p>Pick the right label on any card you check (choosing the predicted class confirms it), then
 <button type="button" id="download" disabled>Download corrections (0)</button>.
 It saves <code>corrections.csv</code> with columns <code>path,label</code>, one row per card you
@@ -489,6 +493,13 @@ labelled, paths relative to <code>{escape(folder)}</code>. Reviewed cells become
 
 def _referral_rule(header: dict) -> str:
     """How ``predict`` chose the referred images, in words."""
+    if header.get("refer") == "selective":
+        target = header.get("accepted_accuracy")
+        aim = f" {target:g}" if isinstance(target, int | float) else ""
+        return (
+            f"not confident enough for the accepted accuracy{aim} guaranteed, or out of "
+            "distribution"
+        )
     if header.get("refer") == "conformal":
         alpha = header.get("alpha")
         level = f" at alpha = {alpha:g}" if isinstance(alpha, int | float) else ""
@@ -501,6 +512,39 @@ def _referral_rule(header: dict) -> str:
     return f"member agreement under {agreement:.0%} or confidence under {confidence:.0%}"
 
 
+def order_for_labelling(cards: Sequence[dict]) -> list[dict]:
+    """Cards in the order a label teaches most: uncertain and unfamiliar first, classes in turn.
+
+    Within each predicted class, by falling uncertainty (one minus the confidence, plus one for
+    an image out of distribution); the classes then take turns, so the first cards reviewed
+    cover every class, as ``ensemble adapt`` needs.
+    """
+    by_class: dict[str, list[dict]] = {}
+    for card in cards:
+        by_class.setdefault(card["predicted"], []).append(card)
+    for group in by_class.values():
+        group.sort(key=lambda c: -((1 - c["confidence"]) + bool(c.get("out_of_distribution"))))
+    ordered, position = [], 0
+    while len(ordered) < len(cards):
+        for name in sorted(by_class):
+            if position < len(by_class[name]):
+                ordered.append(by_class[name][position])
+        position += 1
+    return ordered
+
+
+def _order_note(order: str) -> str:
+    from ensemble.serve.adapt import MIN_PER_CLASS
+
+    if order == "labelling":
+        return (
+            "Ordered for labelling: the most uncertain and least familiar images first, the "
+            "predicted classes taking turns. <code>ensemble adapt</code> needs at least "
+            f"{MIN_PER_CLASS} reviewed cells of every class; 25 to 50 per class is a good start."
+        )
+    return "Referred images come first; then every other image by rising confidence."
+
+
 def write_review_page(
     rows: Sequence[dict],
     folder: Path,
@@ -511,6 +555,7 @@ def write_review_page(
     *,
     header: dict | None = None,
     read_pixels: Callable[[Path], np.ndarray] | None = None,
+    order: str = "referral",
 ) -> int:
     """Write ``predict``'s review page for the rows of one folder; returns the number of cards.
 
@@ -523,6 +568,7 @@ def write_review_page(
         run: the run directory, shown on the page.
         header: how ``predict`` made the rows (see :func:`review_page`).
         read_pixels: decodes a file to RGB (default :func:`ensemble.data.images.decode_image`).
+        order: the cards' order (see :func:`review_page`).
     """
     from ensemble.core.fileio import atomic_write_text
 
@@ -549,6 +595,7 @@ def write_review_page(
         run=run,
         unreadable=unreadable,
         header=header,
+        order=order,
     )
     atomic_write_text(out, page_text)
     return len(cards)
