@@ -66,3 +66,15 @@ def test_evaluation_strengths_lie_inside_the_training_ones():
     # Rotation: evaluation reaches 75°; training's ±45° with the dihedral symmetries (90° steps)
     # covers every angle.
     assert e.rotation_degrees[1] - 90 <= t.rotation_degrees[1]
+
+
+def test_a_simulated_lab_is_one_consistent_acquisition():
+    from ensemble.corrupt.labs import LABS, lab_copy
+
+    images, _, _ = make_arrays(per_class=2, size=48, seed=0)
+    lab = LABS["violet-stain"]
+    first, again = lab_copy(images, lab, seed=1), lab_copy(images, lab, seed=1)
+    assert np.array_equal(first, again) and first.shape == images.shape
+    # Every image shifted the same way: red and blue up against green, the same for all.
+    change = first.astype(float).mean(axis=(1, 2)) - images.astype(float).mean(axis=(1, 2))
+    assert (change[:, 0] > change[:, 1]).all() and (change[:, 2] > change[:, 1]).all()
