@@ -1,5 +1,7 @@
 """ensemble adapt: a fitted run fine-tuned on a lab's reviewed cells, into a new run."""
 
+# Real training (fine-tuning every member, or a student): run with the slow tests (-m large).
+
 import hashlib
 import json
 
@@ -8,6 +10,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import run_cli
+
+pytestmark = pytest.mark.large
 
 
 def _lab(folder, synthetic_folder, per_class=8, rename=None):

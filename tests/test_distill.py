@@ -1,5 +1,7 @@
 """ensemble distill: the whole fitted ensemble teaches one student, saved as a run of its own."""
 
+# Real training (fine-tuning every member, or a student): run with the slow tests (-m large).
+
 import hashlib
 import json
 
@@ -7,6 +9,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, run_cli
+
+pytestmark = pytest.mark.large
 
 SPEC = REPO / "members/ci/tiny-distilled.toml"
 

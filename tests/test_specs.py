@@ -124,6 +124,7 @@ def test_a_copied_built_in_pipeline_finds_its_member_specs(name, tmp_path):
     assert load_pipeline(copy).members == original.members
 
 
+@pytest.mark.large  # trains a member
 def test_ci_trains_from_a_copy_in_an_empty_folder(synthetic_folder, tmp_path, capsys):
     import shutil
 
