@@ -74,6 +74,14 @@ class MemberOutputs:
         """Each member's predicted class ``(n_members, N)`` (argmax of its calibrated output)."""
         return self.calibrated.argmax(axis=2)
 
+    def rows(self, rows: np.ndarray) -> MemberOutputs:
+        """The same outputs on a subset of the images (a boolean mask or indices)."""
+        return MemberOutputs(
+            probabilities=self.probabilities[:, rows],
+            calibrated=self.calibrated[:, rows],
+            features=tuple(features[rows] for features in self.features),
+        )
+
 
 @dataclass(frozen=True)
 class Blend:

@@ -46,7 +46,7 @@ from ensemble.combine.selection import (
     selective_file,
 )
 from ensemble.combine.shifted_blend import shifted_outputs, with_copies
-from ensemble.combine.temperature import TemperatureScaling
+from ensemble.combine.temperature import TemperatureScaling, cached_outputs
 from ensemble.core.errors import ConfigError, RunError
 from ensemble.core.fileio import atomic_write_json
 from ensemble.core.hashes import file_sha256
@@ -626,12 +626,7 @@ def _calibrate_selective(
 
 def _outputs(outputs: dict[str, dict], names: list[str], scaler: TemperatureScaling):
     """Cached member outputs of one split as :class:`MemberOutputs` (temperatures applied)."""
-    raw = _stack(outputs, names)
-    return MemberOutputs(
-        probabilities=raw,
-        calibrated=scaler.transform(raw),
-        features=tuple(outputs[name]["features"] for name in names),
-    )
+    return cached_outputs(scaler, outputs, names)
 
 
 def _fit_ood(
@@ -722,11 +717,7 @@ def _stack(outputs: dict[str, dict], names: list[str]) -> np.ndarray:
 
 
 def _rows(outputs: MemberOutputs, rows: np.ndarray) -> MemberOutputs:
-    return MemberOutputs(
-        probabilities=outputs.probabilities[:, rows],
-        calibrated=outputs.calibrated[:, rows],
-        features=tuple(features[rows] for features in outputs.features),
-    )
+    return outputs.rows(rows)
 
 
 def _fit_every_combiner(

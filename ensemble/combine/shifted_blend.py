@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ensemble.combine.base import Blend, MemberOutputs
-from ensemble.combine.temperature import TemperatureScaling
+from ensemble.combine.temperature import TemperatureScaling, calibrated_outputs
 from ensemble.core.progress import stage
 from ensemble.corrupt.shifts import SHIFTS, ZOOM, shifted_images
 from ensemble.run.directory import Run
@@ -69,12 +69,7 @@ def shifted_outputs(
             )
             probabilities.append(member_probabilities)
             features.append(member_features)
-        raw = np.stack(probabilities)
-        result.append(
-            MemberOutputs(
-                probabilities=raw, calibrated=scaler.transform(raw), features=tuple(features)
-            )
-        )
+        result.append(calibrated_outputs(scaler, probabilities, features))
     return result
 
 

@@ -6,12 +6,13 @@ minimising the val log loss makes them so without changing any member's argmax.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from ensemble.combine.base import EPSILON, check_stack, log_loss
+from ensemble.combine.base import EPSILON, MemberOutputs, check_stack, log_loss
 from ensemble.core.errors import ConfigError, NotFittedError
 
 
@@ -74,3 +75,37 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exponentials = np.exp(shifted)
     return exponentials / exponentials.sum(axis=-1, keepdims=True)
+
+
+def calibrated_outputs(
+    scaler: TemperatureScaling,
+    probabilities: np.ndarray | Sequence[np.ndarray],
+    features: Sequence[np.ndarray],
+) -> MemberOutputs:
+    """The one way member outputs become :class:`MemberOutputs`: temperatures applied.
+
+    Args:
+        scaler: the members' temperatures.
+        probabilities: ``(n_members, N, K)`` raw member probabilities (or one array per
+            member), in member order.
+        features: one ``(N, F)`` pooled-feature array per member.
+    """
+    raw = np.stack([np.asarray(member) for member in probabilities])
+    return MemberOutputs(
+        probabilities=raw, calibrated=scaler.transform(raw), features=tuple(features)
+    )
+
+
+def cached_outputs(
+    scaler: TemperatureScaling, cached: Mapping[str, Mapping], names: Sequence[str]
+) -> MemberOutputs:
+    """:func:`calibrated_outputs` of each member's cached outputs, in ``names`` order.
+
+    ``cached`` maps a member's name to ``{"probabilities", "features", …}``, as
+    :func:`ensemble.members.outputs.cached_member_outputs` returns them.
+    """
+    return calibrated_outputs(
+        scaler,
+        [cached[name]["probabilities"] for name in names],
+        [cached[name]["features"] for name in names],
+    )

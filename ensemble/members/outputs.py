@@ -12,6 +12,7 @@ import functools
 import hashlib
 import io
 import json
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,28 @@ def feature_model(model):
     return keras.Model(model.input, [model.output, model.get_layer(POOLED_FEATURES).output])
 
 
+_FEATURE_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def forward(model, images: np.ndarray, batch_size: int = 256) -> list[np.ndarray]:
+    """One pass of ``model`` over ``images``: ``[outputs, pooled features]``.
+
+    The one forward pass of the package (fit-stacker, predict, report, the API). The batch is
+    padded with blank images to a multiple of ``batch_size``, so that every call sees one batch
+    shape and TensorFlow traces the model once per process instead of once per odd-sized last
+    batch (a trace of ResNet50 costs seconds); the feature model is built once per model.
+    """
+    if model not in _FEATURE_MODELS:
+        _FEATURE_MODELS[model] = feature_model(model)
+    missing = -len(images) % batch_size
+    padded = images
+    if missing:
+        blank = np.zeros((missing, *images.shape[1:]), images.dtype)
+        padded = np.concatenate([images, blank])
+    outputs = _FEATURE_MODELS[model].predict(padded, batch_size=batch_size, verbose=0)
+    return [output[: len(images)] for output in outputs]
+
+
 def member_outputs(
     model, images: np.ndarray, batch_size: int = 256, tta: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -38,11 +61,8 @@ def member_outputs(
     to one, so it can take part in averaging like any member. With ``tta``, both are averaged
     over the 8 dihedral views of each image (test-time augmentation).
     """
-    from ensemble.members.inputs import inference_dataset
-
-    both = feature_model(model)
     probabilities, features = average_over_views(
-        lambda view: both.predict(inference_dataset(view, batch_size), verbose=0), images, tta
+        lambda view: forward(model, view, batch_size), images, tta
     )
     return probabilities.astype(np.float32), features.astype(np.float32)
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ensemble.combine.base import MemberOutputs
+from ensemble.combine.temperature import cached_outputs
 from ensemble.core.errors import DataError
 from ensemble.core.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ensemble.core.progress import stage
@@ -663,11 +664,7 @@ def _cv_accuracy_on_blend(ensemble: Ensemble) -> dict[str, float]:
 
 
 def _as_member_outputs(ensemble: Ensemble, outputs: dict[str, dict]) -> MemberOutputs:
-    names = ensemble.members_
-    return ensemble.calibrate(
-        np.stack([outputs[name]["probabilities"] for name in names]),
-        [outputs[name]["features"] for name in names],
-    )
+    return cached_outputs(ensemble.temperatures_, outputs, ensemble.members_)
 
 
 def _sizes(sizes) -> str:

@@ -32,13 +32,13 @@ import numpy as np
 from ensemble.combine.base import Combiner, MemberOutputs
 from ensemble.combine.registry import registered_combiners
 from ensemble.combine.selection import TEMPERATURES, Selection
-from ensemble.combine.temperature import TemperatureScaling
+from ensemble.combine.temperature import TemperatureScaling, calibrated_outputs
 from ensemble.core.artifacts import load_keras_model
 from ensemble.core.console import quiet_console
 from ensemble.core.errors import ConfigError, DataError, RunError, did_you_mean
 from ensemble.core.hashes import check_recorded_hashes, file_sha256
 from ensemble.data.images import UnreadableImage, crop_and_resize, decode_image
-from ensemble.members.outputs import average_over_views, feature_model
+from ensemble.members.outputs import member_outputs
 from ensemble.refer.conformal import (
     ConformalClassifier,
     SmallCalibrationWarning,
@@ -170,7 +170,6 @@ class Ensemble:
         self.selective_ = selective or {}
         self.combiner_ = self._resolve(combiner or selection.default_combiner)
         self._models: dict = {}
-        self._forward_models: dict = {}
 
     @classmethod
     def load(cls, run_dir: Path | str | RunDir, combiner: str | None = None) -> Ensemble:
@@ -283,13 +282,11 @@ class Ensemble:
         by_size = self.images_by_size(images)
         probabilities, features = [], []
         for name in self.members_:
-            member_probabilities, member_features = average_over_views(
-                lambda view, name=name: self._forward(name, view, batch_size),
-                by_size[self.input_size(name)],
-                tta,
+            member_probabilities, member_features = member_outputs(
+                self.model(name), by_size[self.input_size(name)], batch_size, tta
             )
             probabilities.append(member_probabilities)
-            features.append(member_features.astype(np.float32))
+            features.append(member_features)
         return self.calibrate(np.stack(probabilities), features)
 
     def calibrate(self, probabilities: np.ndarray, features: Sequence[np.ndarray]) -> MemberOutputs:
@@ -299,12 +296,7 @@ class Ensemble:
             probabilities: ``(n_members, N, K)`` raw member probabilities, in member order.
             features: one ``(N, F)`` array per member.
         """
-        probabilities = np.asarray(probabilities)
-        return MemberOutputs(
-            probabilities=probabilities,
-            calibrated=self.temperatures_.transform(probabilities),
-            features=tuple(features),
-        )
+        return calibrated_outputs(self.temperatures_, probabilities, features)
 
     def combine(self, outputs: MemberOutputs, combiner: str | None = None) -> np.ndarray:
         """Class probabilities ``(N, K)`` of one combiner or member (default: :attr:`combiner`).
@@ -678,14 +670,6 @@ class Ensemble:
             raise DataError(f"images must be (N, H, W, 3) RGB. Received: shape={images.shape}")
         return {size: _resized(images, size) for size in sizes}
 
-    def _forward(self, name: str, images: np.ndarray, batch_size: int) -> list[np.ndarray]:
-        """One padded forward pass of member ``name``: ``[probabilities, pooled features]``."""
-        if name not in self._forward_models:
-            self._forward_models[name] = feature_model(self.model(name))
-        padded = _pad_to_multiple(images, batch_size)
-        outputs = self._forward_models[name].predict(padded, batch_size=batch_size, verbose=0)
-        return [output[: len(images)] for output in outputs]
-
     def _as_outputs(
         self, images: Images | MemberOutputs, tta: bool, batch_size: int
     ) -> MemberOutputs:
@@ -738,18 +722,6 @@ def _check_unchanged(run: RunDir, selection: Selection, hashes: dict[str, str]) 
                 f"combiner file {artifact} is missing, changed or truncated since fit-stacker "
                 "wrote it. Run `ensemble fit-stacker` again."
             )
-
-
-def _pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
-    """Pad a batch with blank images to a multiple of ``multiple`` rows.
-
-    Every forward pass then sees one batch shape, so TensorFlow traces the model once per
-    process instead of once per odd-sized last batch (a trace of ResNet50 costs seconds).
-    """
-    missing = -len(images) % multiple
-    if not missing:
-        return images
-    return np.concatenate([images, np.zeros((missing, *images.shape[1:]), images.dtype)])
 
 
 def _resized(images: np.ndarray | list[np.ndarray], size: int) -> np.ndarray:
