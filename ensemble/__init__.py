@@ -16,6 +16,12 @@ __all__ = ["Ensemble", "FORMAT_VERSION", "__version__"]
 def __getattr__(name: str):
     """``ensemble.Ensemble``, imported when first asked for (PEP 562)."""
     if name == "Ensemble":
+        import os
+
+        if not os.environ.get("ENSEMBLE_VERBOSE"):
+            from ensemble.core.console import quiet_console
+
+            quiet_console()  # before the import below loads TensorFlow
         from ensemble.serve.ensemble import Ensemble
 
         return Ensemble

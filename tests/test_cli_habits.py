@@ -214,9 +214,9 @@ def test_report_writes_into_the_run_unless_told(fitted_ci_run, tmp_path, capsys,
 
 def test_members_chooses_members_in_train_members_too(synthetic_folder, tmp_path, capsys):
     args = ["train-members", "--pipeline", "ci", "--data", synthetic_folder]
-    code, _, err = run_cli([*args, "--run", tmp_path / "run", "--members", "tiny-c"], capsys)
+    code, _, err = run_cli([*args, "--run", tmp_path / "run", "--members", "tiny_a"], capsys)
     assert code == 2
-    assert "error: --members 'tiny-c' is not a member of ci. Did you mean 'tiny-a'?" in err
+    assert "error: --members 'tiny_a' is not a member of ci. Did you mean 'tiny-a'?" in err
 
 
 @pytest.mark.parametrize(
