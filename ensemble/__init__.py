@@ -16,11 +16,9 @@ __all__ = ["Ensemble", "FORMAT_VERSION", "__version__"]
 def __getattr__(name: str):
     """``ensemble.Ensemble``, imported when first asked for (PEP 562)."""
     if name == "Ensemble":
-        import os
+        from ensemble.core.console import quiet_console, verbose
 
-        if not os.environ.get("ENSEMBLE_VERBOSE"):
-            from ensemble.core.console import quiet_console
-
+        if not verbose():
             quiet_console()  # before the import below loads TensorFlow
         from ensemble.serve.ensemble import Ensemble
 

@@ -9,7 +9,6 @@ start-up lines and the libraries' warnings stay hidden (:mod:`ensemble.core.cons
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from typing import Annotated
 import typer
 
 from ensemble import __version__
-from ensemble.core.console import quiet_console
+from ensemble.core.console import quiet_console, set_verbose
 from ensemble.core.errors import EnsembleError, did_you_mean
 from ensemble.data.split import SPLITS
 from ensemble.recipes import builtin_pipelines
@@ -105,9 +104,8 @@ def main_options(
 ) -> None:
     """Blood-cell image classification with an ensemble of CNN members."""
     _state["debug"] = debug
-    if verbose or debug:
-        os.environ["ENSEMBLE_VERBOSE"] = "1"  # Ensemble.load keeps TensorFlow's lines then
-    else:
+    set_verbose(verbose or debug)  # Ensemble.load keeps TensorFlow's lines then
+    if not (verbose or debug):
         quiet_console()  # before any command imports TensorFlow
 
 

@@ -34,6 +34,19 @@ QUIET_LOGGERS = ("tensorflow", "absl", "keras", "h5py")
 QUIET_WARNING_MODULES = r"(tensorflow|tf_keras|keras|keras_cv|absl|google\.protobuf)(\.|$)"
 
 
+_VERBOSE = [False]
+
+
+def set_verbose(flag: bool) -> None:
+    """Ask for TensorFlow's lines and the libraries' warnings (``ensemble --verbose``)."""
+    _VERBOSE[0] = bool(flag)
+
+
+def verbose() -> bool:
+    """True after ``--verbose``/``--debug`` in this process, or with ``ENSEMBLE_VERBOSE`` set."""
+    return _VERBOSE[0] or bool(os.environ.get("ENSEMBLE_VERBOSE"))
+
+
 def quiet_console() -> None:
     """Hide TensorFlow's start-up lines, retracing warnings and the libraries' warnings.
 

@@ -21,7 +21,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from ensemble.combine.selection import TEMPERATURES, Selection
 from ensemble.combine.temperature import TemperatureScaling, calibrated_outputs
 from ensemble.core.artifacts import load_keras_model
 from ensemble.core.console import quiet_console
+from ensemble.core.console import verbose as console_verbose
 from ensemble.core.errors import ConfigError, DataError, RunError, did_you_mean
 from ensemble.core.hashes import check_recorded_hashes, file_sha256
 from ensemble.data.images import UnreadableImage, crop_and_resize, decode_image
@@ -188,7 +188,7 @@ class Ensemble:
                 calibration file changed since fit-stacker (each message says what to run).
             ConfigError: ``combiner`` is not one of the choices (listed in the message).
         """
-        if not os.environ.get("ENSEMBLE_VERBOSE"):
+        if not console_verbose():
             quiet_console()  # as quiet as the command line, before TensorFlow loads a member
         run = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
         selection = Selection.read(run)
