@@ -6,6 +6,8 @@ import pytest
 
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.large  # starts a Ray cluster: with the slow tests (-m large)
+
 ray = pytest.importorskip(
     "ray", reason="Ray is not installed (optional extra): pip install -e '.[dev,ray]'"
 )
