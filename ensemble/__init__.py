@@ -4,11 +4,7 @@ The public Python API is :class:`Ensemble` (``from ensemble import Ensemble``), 
 first use so that ``import ensemble`` stays light (no NumPy, TensorFlow or XGBoost).
 """
 
-__version__ = "0.1.0"
-
-#: Version of the on-disk layout of split files and run directories. A run written by another
-#: format version is refused instead of being misread.
-FORMAT_VERSION = 1
+from ensemble.core.version import FORMAT_VERSION, __version__
 
 __all__ = ["Ensemble", "FORMAT_VERSION", "__version__"]
 

@@ -18,9 +18,9 @@ from typing import Annotated
 
 import typer
 
-from ensemble import __version__
 from ensemble.core.console import quiet_console, set_verbose
 from ensemble.core.errors import EnsembleError, did_you_mean
+from ensemble.core.version import __version__
 from ensemble.data.split import SPLITS
 from ensemble.recipes import builtin_pipelines
 from ensemble.refer.conformal import DEFAULT_ALPHA, DEFAULT_SCORE, SCORES

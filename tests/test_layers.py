@@ -44,6 +44,9 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+MODULES = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
 def _imports(path: Path) -> set[str]:
     """Every ``ensemble.…`` module ``path`` imports, at any depth (functions included)."""
     found = set()
@@ -51,14 +54,13 @@ def _imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.startswith("ensemble.")}
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ensemble"):
-            if node.module == "ensemble":  # `from ensemble import x`: x may be a sub-module
-                found |= {f"ensemble.{alias.name}" for alias in node.names}
+            if node.module == "ensemble":  # `from ensemble import x`: a sub-module, or the
+                for alias in node.names:  # package's own name (then the package is imported)
+                    module = f"ensemble.{alias.name}"
+                    found.add(module if module in MODULES else "ensemble")
             else:
                 found.add(node.module)
     return found
-
-
-MODULES = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
 
 
 def test_every_sub_package_is_a_known_layer():

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble import FORMAT_VERSION
 from ensemble.core.errors import ConfigError, RunError
 from ensemble.core.fileio import atomic_write_json
 from ensemble.core.progress import stage
+from ensemble.core.version import FORMAT_VERSION
 from ensemble.data.sources import Dataset
 
 SPLITS = ("train", "val", "blend", "test")

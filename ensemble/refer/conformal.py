@@ -68,10 +68,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ensemble import FORMAT_VERSION
 from ensemble.core.errors import ConfigError, NotFittedError, RunError
 from ensemble.core.fileio import atomic_write_json
 from ensemble.core.hashes import check_recorded_hashes
+from ensemble.core.version import FORMAT_VERSION
 
 SCORES = ("lac", "aps", "raps")
 #: The conformity score fit-stacker uses unless told otherwise.

@@ -64,9 +64,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ensemble import FORMAT_VERSION
 from ensemble.core.errors import ConfigError, RunError
 from ensemble.core.fileio import atomic_write_text
+from ensemble.core.version import FORMAT_VERSION
 from ensemble.refer.conformal import (
     NotFittedError,
     check_member_hashes,

@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from ensemble import FORMAT_VERSION
 from ensemble.core.errors import ConfigError, NotFittedError
 from ensemble.core.fileio import atomic_write_json
+from ensemble.core.version import FORMAT_VERSION
 from ensemble.refer.conformal import (
     check_member_hashes,
     check_probabilities,

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble import FORMAT_VERSION, __version__
 from ensemble.core.errors import RunError
 from ensemble.core.fileio import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from ensemble.core.hashes import file_sha256
+from ensemble.core.version import FORMAT_VERSION, __version__
 from ensemble.data.sources import Dataset
 from ensemble.data.split import Split, load_split, make_split, save_split
 from ensemble.members.layout import MemberDir

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble import FORMAT_VERSION, __version__
 from ensemble.core.errors import ConfigError, DataError, did_you_mean
 from ensemble.core.fileio import atomic_write_json, atomic_write_text
+from ensemble.core.version import FORMAT_VERSION, __version__
 from ensemble.data.sources import Dataset, load_dataset
 from ensemble.data.split import Split, make_split, save_split
 from ensemble.members.layout import MemberDir

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble import __version__
 from ensemble.core.errors import ConfigError
 from ensemble.core.progress import progress
+from ensemble.core.version import __version__
 from ensemble.data.images import UnreadableImage, crop_and_resize, decode_image
 from ensemble.data.sources import SYSTEM_FILES
 from ensemble.refer.rule import DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_CONFIDENCE
