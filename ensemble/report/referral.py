@@ -132,7 +132,7 @@ def _score_image_set(
     if ensemble.ood_ is not None:
         flagged = ensemble.ood_from_outputs(outputs) > ensemble.ood_threshold
     if result["selective"] is not None:
-        _add_selective(result["selective"], name, ensemble, outputs, truth, flagged)
+        _add_selective(result["selective"], name, ensemble, outputs, probabilities, truth, flagged)
     sets = ensemble.sets_from_probabilities(probabilities, alpha)
     result["coverage"][name] = _coverage(sets, truth, ensemble.classes_)
     result["trade_off"][name] = [
@@ -203,6 +203,7 @@ def _add_selective(
     image_set: str,
     ensemble: Ensemble,
     outputs: MemberOutputs,
+    probabilities: np.ndarray,
     labels: np.ndarray,
     flagged: np.ndarray | None,
 ) -> None:
@@ -211,9 +212,9 @@ def _add_selective(
     Per target: the share referred, the accuracy on accepted images, the share of wrong
     answers referred, and per predicted class the same. The curves: for every combiner and
     member, the accuracy on the images kept when the least confident ``share`` are referred.
+    ``probabilities`` are the default combiner's on ``outputs``, as the caller computed them.
     """
     selective = ensemble.selective_[ensemble.combiner_]
-    probabilities = ensemble.combine(outputs)
     predicted = probabilities.argmax(axis=1)
     correct = predicted == labels
     for entry in record["targets"]:

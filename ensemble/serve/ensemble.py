@@ -32,13 +32,12 @@ from ensemble.combine.base import Combiner, MemberOutputs
 from ensemble.combine.registry import registered_combiners
 from ensemble.combine.selection import TEMPERATURES, Selection
 from ensemble.combine.temperature import TemperatureScaling, calibrated_outputs
-from ensemble.core.artifacts import load_keras_model
 from ensemble.core.console import quiet_console
 from ensemble.core.console import verbose as console_verbose
 from ensemble.core.errors import ConfigError, DataError, RunError, did_you_mean
 from ensemble.core.hashes import check_recorded_hashes, file_sha256
 from ensemble.data.images import UnreadableImage, crop_and_resize, decode_image
-from ensemble.members.outputs import member_outputs
+from ensemble.members.outputs import member_model, member_outputs
 from ensemble.refer.conformal import (
     ConformalClassifier,
     SmallCalibrationWarning,
@@ -169,7 +168,6 @@ class Ensemble:
         self.ood_ = ood
         self.selective_ = selective or {}
         self.combiner_ = self._resolve(combiner or selection.default_combiner)
-        self._models: dict = {}
 
     @classmethod
     def load(cls, run_dir: Path | str | RunDir, combiner: str | None = None) -> Ensemble:
@@ -247,10 +245,8 @@ class Ensemble:
         return self.run.input_size(member)
 
     def model(self, member: str):  # -> keras.Model (keras is imported lazily)
-        """A member's Keras model, loaded in safe mode on first use."""
-        if member not in self._models:
-            self._models[member] = load_keras_model(self.run.model_path(member))
-        return self._models[member]
+        """A member's Keras model in safe mode, loaded once per process (as fit-stacker does)."""
+        return member_model(self.run.model_path(member), self.member_hashes_.get(member))
 
     def tta_warning(self, tta: bool) -> str | None:
         """A one-line warning when applied with another TTA setting than fitted with, else None."""
@@ -438,16 +434,16 @@ class Ensemble:
         lines = [self.tta_warning(tta)]
         if rule == "selective":
             lines.append(self.selective_warning(accepted_accuracy))
-        if rule == "conformal":
+        elif rule == "conformal":
             lines.append(self.calibration_warning(alpha))
-        elif rule != "agreement":
+        elif asked is not None:  # agreement, asked for: nothing to say
             pass
-        elif asked is None and not self.conformal_:
+        elif not self.conformal_:
             lines.append(
                 f"note: run {self.run.root} was fitted before prediction sets: abstain follows "
                 "member agreement and confidence (run `ensemble fit-stacker` again for sets)"
             )
-        elif asked is None:
+        else:  # agreement as the fallback of an uncalibrated run
             small = self.calibration_warning(alpha)
             if small:
                 lines.append(
