@@ -57,13 +57,18 @@ def adapted(fitted_ci_run, synthetic_folder, tmp_path_factory):
 def test_the_adapted_run_mixes_the_labs_cells_with_a_replay_and_holds_some_out(adapted):
     out, stdout, _, lab_folder = adapted
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["adapted_from"]["labelled"] == 64 and manifest["adapted_from"]["replayed"] > 0
+    recorded = manifest["adapted_from"]
+    assert recorded["labelled"] == 64 and recorded["replayed"] > 0
+    assert recorded["calibration_replayed"] > 0
     split = json.loads((out / "split.json").read_text())
     lab = [r for r in split["records"] if r["id"].startswith(lab_folder)]
     parts = {r["split"] for r in lab}
     assert parts == {"train", "val", "blend"}  # fine-tune, watch, hold out
     replayed = [r for r in split["records"] if not r["id"].startswith(lab_folder)]
-    assert replayed and {r["split"] for r in replayed} == {"train"}
+    counts = {part: sum(r["split"] == part for r in replayed) for part in ("train", "blend")}
+    # base training images replayed to fine-tune, base blend images to calibrate on
+    assert counts == {"train": recorded["replayed"], "blend": recorded["calibration_replayed"]}
+    assert len(replayed) == sum(counts.values())
     assert f"adapted run: {out}" in stdout
 
 
@@ -91,7 +96,7 @@ def test_the_adapted_run_predicts_like_any_run(adapted, synthetic_folder, capsys
     [
         ({"platelet": "platelets"}, 8, "label 'platelets' of the reviewed cells is not a class"),
         ({"platelet": "platelets"}, 8, "Did you mean 'platelet'?"),
-        ({}, 3, "too few reviewed cells for classes"),
+        ({}, 2, "too few reviewed cells for classes"),
     ],
 )
 def test_bad_reviews_are_refused_in_one_line(

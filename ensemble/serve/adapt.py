@@ -10,6 +10,11 @@ derives a new run from the base run — the base is only read, its members' hash
    OOD threshold and selective thresholds recalibrated;
 2. a replay sample of the base run's own training images joins ``train`` (``replay`` times as
    many as the lab gives, stratified by class), so the members do not forget the base lab;
+   and, unless ``calibration_replay`` is 0, a sample of the base run's ``blend`` images joins
+   the held-out part: a few hundred reviewed cells leave a few dozen to calibrate on, far too
+   few for a miss rate of 1 % (the sets would hold every class and everything would be
+   referred), so the calibration is made on the lab's held-out cells *and* base cells — its
+   guarantee then holds for that mix, which the output says;
 3. every CNN member is fine-tuned from its base weights for a few epochs at a low rate, with
    its own augmentation; one-vs-rest heads are retrained on their fine-tuned base member;
 4. the combiners are fitted as fit-stacker would, with the base run's members and TTA setting.
@@ -42,8 +47,10 @@ from ensemble.serve.ensemble import Ensemble
 #: Shares of the lab's cells: fine-tuning, watching, and the held-out part (half refits the
 #: combiners, half calibrates the referral).
 LAB_FRACTIONS = {"train": 0.5, "val": 0.1, "blend": 0.4, "test": 0.0}
-#: Fewest reviewed cells of a class for it to reach every part of the split.
-MIN_PER_CLASS = 5
+#: Fewest reviewed cells of a class: two to fine-tune on and one held out.
+MIN_PER_CLASS = 3
+#: Base ``blend`` images joining the lab's held-out part by default (stratified by class).
+DEFAULT_CALIBRATION_REPLAY = 600
 
 
 def adapt(
@@ -55,6 +62,7 @@ def adapt(
     epochs: int = 4,
     learning_rate: float = 3e-4,
     replay: float = 2.0,
+    calibration_replay: int = DEFAULT_CALIBRATION_REPLAY,
     seed: int = 0,
 ) -> dict[str, dict]:
     """Derive a run adapted to a lab's reviewed cells from a fitted base run.
@@ -68,6 +76,9 @@ def adapt(
         epochs: fine-tuning epochs of every CNN member.
         learning_rate: the fine-tuning rate (constant after no warm-up; cosine to 1 %).
         replay: base training images mixed in per lab training image.
+        calibration_replay: base ``blend`` images joining the lab's held-out part, on which
+            the combiners are refitted and the referral calibrated (0: the lab's cells alone,
+            for a lab with enough of them for its alpha).
         seed: seeds the lab's split, the replay sample and the fine-tuning.
 
     Returns:
@@ -81,16 +92,18 @@ def adapt(
     base_dir, out = RunDir.open(base), Path(out)
     if out.resolve() == base_dir.root.resolve():
         raise ConfigError(f"--out must be a new run directory, not the base run {base_dir.root}")
-    if epochs < 1 or not 0 < learning_rate < 1 or replay < 0:
+    if epochs < 1 or not 0 < learning_rate < 1 or replay < 0 or calibration_replay < 0:
         raise ConfigError(
-            "epochs must be >= 1, learning_rate in (0, 1) and replay >= 0. Received: "
-            f"epochs={epochs}, learning_rate={learning_rate}, replay={replay}"
+            "epochs must be >= 1, learning_rate in (0, 1), replay >= 0 and "
+            f"calibration_replay >= 0. Received: epochs={epochs}, "
+            f"learning_rate={learning_rate}, replay={replay}, "
+            f"calibration_replay={calibration_replay}"
         )
     teacher = Ensemble.load(base_dir)
     lab = load_dataset(labelled, root=data_root)
     _check_labels(lab, base_dir.classes)
     base_data = load_dataset(base_dir.data_source())
-    run = _adapted_run(base_dir, teacher, base_data, lab, out, replay, seed)
+    run = _adapted_run(base_dir, teacher, base_data, lab, out, (replay, calibration_replay), seed)
     results = {}
     for name in run.manifest["members"]:
         spec = base_dir.member_spec(name)
@@ -125,8 +138,12 @@ def _check_labels(lab: Dataset, classes: list[str]) -> None:
         print(f"adapt: {len(lab.skipped)} unreadable files left out: {listed}", file=sys.stderr)
 
 
-def _adapted_run(base: RunDir, teacher, base_data, lab, out: Path, replay: float, seed: int):
-    """Create (or reopen) the new run: data.csv, split.json and manifest.json (last)."""
+def _adapted_run(base: RunDir, teacher, base_data, lab, out: Path, replays, seed: int):
+    """Create (or reopen) the new run: data.csv, split.json and manifest.json (last).
+
+    ``replays`` is ``(replay, calibration_replay)``: base training images per lab training
+    image, and the number of base ``blend`` images joining the held-out part.
+    """
     if (out / MANIFEST).is_file():
         run = RunDir.open(out)
         return run.with_data(load_dataset(out / "data.csv"))
@@ -140,9 +157,12 @@ def _adapted_run(base: RunDir, teacher, base_data, lab, out: Path, replay: float
             f"base run's data (e.g. {copies[0]}); they teach the lab nothing new",
             file=sys.stderr,
         )
-    replayed = _replay_sample(base_run, len(lab.records) * LAB_FRACTIONS["train"] * replay, seed)
+    replay, calibration_replay = replays
+    count = len(lab.records) * LAB_FRACTIONS["train"] * replay
+    replayed = _replay_sample(base_run, "train", count, seed)
+    calibration = _replay_sample(base_run, "blend", calibration_replay, seed)
     rows = [(str(r.path.resolve()), r.label) for r in lab.records]
-    rows += [(str(r.path.resolve()), r.label) for r in replayed]
+    rows += [(str(r.path.resolve()), r.label) for r in replayed + calibration]
     text = "path,label\n" + "".join(f"{_csv_cell(path)},{label}\n" for path, label in rows)
     atomic_write_text(out / "data.csv", text)
     combined = load_dataset(out / "data.csv")
@@ -155,7 +175,14 @@ def _adapted_run(base: RunDir, teacher, base_data, lab, out: Path, replay: float
     lab_view = replace(combined, records=[r for r in combined.records if r.id in lab_paths])
     split = make_split(lab_view, (), LAB_FRACTIONS, seed)
     assignment = dict(split.assignment)
-    assignment.update({r.id: "train" for r in combined.records if r.id not in lab_paths})
+    to_blend = {str(r.path.resolve()) for r in calibration}
+    assignment.update(
+        {
+            r.id: "blend" if r.id in to_blend else "train"
+            for r in combined.records
+            if r.id not in lab_paths
+        }
+    )
     split = Split(assignment, seed, LAB_FRACTIONS, combined.fingerprint())
     save_split(split, combined, out / "split.json")
     manifest = {
@@ -171,16 +198,19 @@ def _adapted_run(base: RunDir, teacher, base_data, lab, out: Path, replay: float
             "member_sha256": teacher.member_hashes_,
             "labelled": len(lab.records),
             "replayed": len(replayed),
+            "calibration_replayed": len(calibration),
         },
     }
     atomic_write_json(out / MANIFEST, manifest)  # last: marks the run as created
     return RunDir.open(out).with_data(combined)
 
 
-def _replay_sample(base_run, count: float, seed: int) -> list:
-    """About ``count`` of the base run's training images, stratified by class, seeded."""
+def _replay_sample(base_run, split: str, count: float, seed: int) -> list:
+    """About ``count`` of the base run's images of ``split``, stratified by class, seeded."""
+    if count <= 0:
+        return []
     rng = np.random.default_rng(seed)
-    positions = base_run.split.positions(base_run.dataset, "train")
+    positions = base_run.split.positions(base_run.dataset, split)
     labels = base_run.dataset.labels[positions]
     share = min(1.0, count / max(len(positions), 1))
     chosen = []
