@@ -106,3 +106,24 @@ def test_bad_reviews_are_refused_in_one_line(
     args = ["adapt", "--run", fitted_ci_run, "--labelled", reviewed, "--out", tmp_path / "out"]
     code, _, err = run_cli(args, capsys)
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_the_adapted_runs_report_shows_its_base_beside_it(adapted, tmp_path, capsys):
+    out, _, _, lab_folder = adapted
+    code, _, err = run_cli(
+        ["report", "--run", out, "--data", f"{lab_folder}/reviewed.csv", "--out", tmp_path / "r"],
+        capsys,
+    )
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "r/metrics.json").read_text())
+    comparison = metrics["adapted"]
+    assert comparison["base_changed"] is False and comparison["labelled"] == 64
+    assert set(comparison["rows"]) == {"base", "adapted"}
+    test = comparison["mcnemar"]
+    base_right = round(comparison["rows"]["base"]["accuracy"] * 64)
+    adapted_right = round(comparison["rows"]["adapted"]["accuracy"] * 64)
+    assert adapted_right - base_right == test["second_only"] - test["first_only"]
+    report = (tmp_path / "r/report.md").read_text()
+    assert "## Adapted run and its base on these images" in report
+    assert "McNemar, base vs adapted:" in report
+    assert 'id="adapted"' in (tmp_path / "r/report.html").read_text()

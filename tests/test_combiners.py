@@ -44,6 +44,25 @@ def test_hard_vote_tie_broken_by_mean_probability_of_tied_classes():
     assert HardVote().fit(p5, [0]).predict(p5).tolist() == [0]
 
 
+def test_hard_vote_scores_classes_without_votes_by_their_mean_probability():
+    # Every member votes class 0; class 2 is a close runner-up, class 1 is not.
+    p = stack([[0.6, 0.0, 0.4]], [[0.55, 0.05, 0.4]], [[0.7, 0.0, 0.3]])
+    probabilities = HardVote().fit(p, [0]).predict_proba(p)[0]
+    assert probabilities.sum() == pytest.approx(1.0)
+    assert probabilities[2] > probabilities[1] > 0.0  # continuous below the winner
+    expected = (np.array([3, 0, 0]) + 0.5 * p.mean(axis=0)[0]) / (3 + 0.5)
+    assert probabilities == pytest.approx(expected)
+
+
+def test_hard_vote_winner_is_always_the_majority_class():
+    rng = np.random.default_rng(1)
+    p = rng.dirichlet(np.ones(4) * 0.3, size=(5, 400))
+    hard = HardVote().fit(p, np.zeros(400, int))
+    votes = hard.votes(p)
+    winners = hard.predict(p)
+    assert (votes[np.arange(400), winners] == votes.max(axis=1)).all()
+
+
 def test_soft_and_weighted_vote():
     p = stack([[0.9, 0.1], [0.2, 0.8]], [[0.4, 0.6], [0.6, 0.4]])
     labels = np.array([0, 1])

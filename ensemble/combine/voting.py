@@ -25,7 +25,15 @@ from ensemble.core.errors import ConfigError
 
 @register
 class HardVote(VotingCombiner):
-    """Majority vote; ties broken by the mean probability of the tied classes."""
+    """Majority vote; ties broken by the members' mean probability.
+
+    Its probabilities are the vote counts plus half the mean probability, normalised: the
+    mean adds less than half a vote, so the winner is always the majority (the mean only
+    orders tied classes), and the scores stay continuous — a class no member voted for still
+    has the probability the members gave it, which the prediction sets and the selective
+    rule need (bare vote shares put every image's runners-up at exactly 0, and a set that
+    must hold a 0-vote true class 1 % of the time holds every class).
+    """
 
     name = "hard"
 
@@ -37,13 +45,9 @@ class HardVote(VotingCombiner):
         return np.stack([(choices == c).sum(axis=0) for c in range(n_classes)], axis=1)
 
     def predict_proba(self, stack: np.ndarray) -> np.ndarray:
-        """Vote shares; the tie-break adds less than one vote, so it only orders tied classes."""
+        """Votes plus half the mean probability, normalised to sum to one per image."""
         stack = self._check_fitted(stack)
-        votes = self.votes(stack).astype(np.float64)
-        mean = stack.mean(axis=0)
-        top = votes.max(axis=1, keepdims=True)
-        tie_break = np.where(votes == top, mean * 0.5, 0.0)  # < 1 vote: orders tied classes only
-        scores = votes + tie_break
+        scores = self.votes(stack).astype(np.float64) + 0.5 * stack.mean(axis=0)
         return scores / scores.sum(axis=1, keepdims=True)
 
 

@@ -44,6 +44,7 @@ from ensemble.refer.rule import (
     agreement_referral,
     conformal_referral,
 )
+from ensemble.report.adapted import base_comparison
 from ensemble.report.html import read_thumbnails, render_html
 from ensemble.report.leaderboard import leaderboard_csv
 from ensemble.report.markdown import render_markdown, write_plots
@@ -230,6 +231,12 @@ def _report_with_shift(
         stage("report", f"zoomed copy of {len(labels)} images")
         zoomed_batches, _ = shifted_images(images, shift_seed, kinds=(ZOOM,))
         zoomed_outputs = outputs_for_images(ensemble, zoomed_batches, tta=tta, copy="zoomed")
+    adapted = None
+    if ensemble.run.manifest.get("adapted_from"):
+        if not images:  # cached outputs were enough for the run itself; the base needs pixels
+            images = _decode_like(ensemble, read_image, len(labels))
+        member_stack = _as_member_outputs(ensemble, outputs)
+        adapted = base_comparison(ensemble, member_stack, images, labels, tta)
     return build_report(
         ensemble,
         outputs,
@@ -243,7 +250,17 @@ def _report_with_shift(
         skipped=list(skipped),
         ids=ids,
         read_image=read_image,
+        adapted=adapted,
     )
+
+
+def _decode_like(ensemble: Ensemble, read_image, count: int) -> dict[int, np.ndarray]:
+    """The ``count`` images ``read_image`` reads, at every member input size."""
+    from ensemble.data.images import crop_and_resize
+
+    sizes = sorted({ensemble.input_size(name) for name in ensemble.members_})
+    native = [read_image(index) for index in range(count)]
+    return {size: np.stack([crop_and_resize(image, size) for image in native]) for size in sizes}
 
 
 def outputs_for_images(
@@ -297,6 +314,7 @@ def build_report(
     zoomed: dict[str, dict] | None = None,
     ids: Sequence[str] | None = None,
     read_image: ReadImage | None = None,
+    adapted: dict | None = None,
 ) -> dict:
     """Compute every metric and write the report into ``out``.
 
@@ -318,6 +336,8 @@ def build_report(
         ids: each image's id, shown in the gallery (default: its position).
         read_image: reads an image at its native size by position, for the gallery's
             thumbnails (default: no thumbnails).
+        adapted: an adapted run's comparison with its base on the same images
+            (:func:`ensemble.report.adapted.base_comparison`).
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -381,6 +401,7 @@ def build_report(
         },
         "skipped": list(skipped or []),
         "gallery": gallery,
+        "adapted": adapted,
     }
     for copy, (_, copy_probabilities) in copies.items():
         metrics |= _copy_significance(metrics, copy, copy_probabilities, labels, combiners)

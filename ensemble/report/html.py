@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ensemble.core.html_page import data_uri, escape, page
+from ensemble.report.adapted import HEAD, comparison_notes, comparison_rows
 from ensemble.report.charts import (
     copies_plot,
     coverage_plot,
@@ -751,6 +752,15 @@ def _error_overlap(metrics: dict, thumbnails: dict) -> str:
     )
 
 
+def _adapted(metrics: dict, thumbnails: dict) -> str:
+    comparison = metrics.get("adapted")
+    if not comparison:
+        return ""
+    table = "" if comparison.get("missing") else _table(HEAD, comparison_rows(comparison))
+    notes = "".join(f"<p>{escape(note)}</p>" for note in comparison_notes(comparison))
+    return table + notes
+
+
 def _skipped(metrics: dict, thumbnails: dict) -> str:
     if not metrics.get("skipped"):
         return ""
@@ -833,6 +843,7 @@ def _markdown_bold(text: str) -> str:
 SECTIONS: tuple[tuple[str, str, Callable[[dict, dict], str]], ...] = (
     ("", "top", _header),
     ("Leaderboard", "leaderboard", _leaderboard),
+    ("Adapted run and its base", "adapted", _adapted),
     ("Accuracy with 95 % intervals", "accuracy", _accuracy),
     ("Is the difference real? McNemar's test", "significance", _significance),
     ("Do the members err on the same images?", "error-overlap", _error_overlap),

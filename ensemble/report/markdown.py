@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ensemble.report.adapted import render_section as _adapted
 from ensemble.report.referral import render_section as _referral
 
 
@@ -467,6 +468,7 @@ def _confusions(metrics: dict) -> list[str]:
 #: The sections of ``report.md``, in page order.
 SECTIONS: tuple[Callable[[dict], list[str]], ...] = (
     _summary,
+    _adapted,  # an adapted run beside its base: ensemble.report.adapted
     _significance,
     _error_overlap,
     _shifted,
