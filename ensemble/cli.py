@@ -19,14 +19,16 @@ from typing import Annotated
 import typer
 
 from ensemble.core.console import quiet_console, set_verbose
-from ensemble.core.errors import EnsembleError, did_you_mean
+from ensemble.core.errors import ConfigError, EnsembleError, did_you_mean
 from ensemble.core.version import __version__
+from ensemble.data.colour import METHODS as COLOUR_METHODS
 from ensemble.data.split import SPLITS
 from ensemble.recipes import builtin_pipelines
 from ensemble.refer.conformal import DEFAULT_ALPHA, DEFAULT_SCORE, SCORES
 from ensemble.refer.ood import DEFAULT_OOD_METHOD, DEFAULT_TARGET_REFERRAL, OOD_METHODS
 from ensemble.refer.rule import DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_CONFIDENCE, REFER_RULES
 from ensemble.refer.selective import DEFAULT_DELTA, DEFAULT_TARGETS, SELECTIVE_SCORES
+from ensemble.serve import adapt_settings
 
 app = typer.Typer(
     name="ensemble",
@@ -397,23 +399,73 @@ def distill(
 @app.command()
 def adapt(
     run: Annotated[Path, typer.Option(help="The fitted base run (only read).")],
+    out: Annotated[Path, typer.Option(help="The adapted run's new directory.")],
     labelled: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             help="The lab's reviewed cells: a path,label CSV (e.g. the review page's "
-            "corrections.csv); labels among the run's classes."
+            "corrections.csv); labels among the run's classes. Fine-tunes the members."
         ),
-    ],
-    out: Annotated[Path, typer.Option(help="The adapted run's new directory.")],
+    ] = None,
+    unlabelled: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder of the lab's images, no labels, for --colour and --batchnorm "
+            "(without --labelled)."
+        ),
+    ] = None,
+    colour: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Map the lab's colour onto the training images' ({', '.join(COLOUR_METHODS)})."
+        ),
+    ] = None,
+    batchnorm: Annotated[
+        bool,
+        typer.Option(
+            "--batchnorm", help="Re-estimate the members' batch-norm statistics on --unlabelled."
+        ),
+    ] = False,
     data_root: DataRootOption = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs per member.")] = 4,
-    learning_rate: Annotated[float, typer.Option(help="Fine-tuning learning rate.")] = 3e-4,
+    epochs: Annotated[
+        int, typer.Option(min=1, help="Fine-tuning epochs per member.")
+    ] = adapt_settings.DEFAULT_EPOCHS,
+    learning_rate: Annotated[
+        float, typer.Option(help="Fine-tuning learning rate.")
+    ] = adapt_settings.DEFAULT_LEARNING_RATE,
     replay: Annotated[
         float, typer.Option(min=0, help="Base training images mixed in per lab training image.")
-    ] = 2.0,
+    ] = adapt_settings.DEFAULT_REPLAY,
+    calibration_replay: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Base blend images calibrated on beside the lab's held-out cells (0: the "
+            "lab's cells alone).",
+        ),
+    ] = adapt_settings.DEFAULT_CALIBRATION_REPLAY,
     seed: Annotated[int, typer.Option(help="Seed of the lab's split and the replay.")] = 0,
 ) -> None:
-    """Fine-tune a fitted run on a lab's reviewed cells into a new run; recalibrate there."""
+    """Make a fitted run work in a lab: fine-tune on its reviewed cells, or map its images."""
+    if labelled is None and unlabelled is None:
+        raise ConfigError(
+            "adapt needs the lab's cells: --labelled reviewed.csv (fine-tune), or --unlabelled "
+            "DIR with --colour reinhard and/or --batchnorm"
+        )
+    if labelled is not None and (unlabelled is not None or colour or batchnorm):
+        raise ConfigError(
+            "--unlabelled, --colour and --batchnorm adapt a run without labels; with "
+            "--labelled cells the fine-tuned members learn the lab's colour and statistics "
+            "themselves. Give one or the other."
+        )
+    if labelled is None:
+        from ensemble.serve.adapt_unlabelled import adapt_unlabelled
+
+        done = adapt_unlabelled(run, unlabelled, out, colour=colour, batchnorm=batchnorm, seed=seed)
+        steps = [f"colour ({colour})"] * bool(colour) + ["batch-norm statistics"] * batchnorm
+        typer.echo(f"{' and '.join(steps)} from {done['images']} lab images")
+        typer.echo(f"adapted run: {out} (predict, report: --run {out})")
+        return
     from ensemble.serve.adapt import adapt as adapt_run
 
     results = adapt_run(
@@ -424,6 +476,7 @@ def adapt(
         epochs=epochs,
         learning_rate=learning_rate,
         replay=replay,
+        calibration_replay=calibration_replay,
         seed=seed,
     )
     for name, metrics in results.items():

@@ -225,9 +225,9 @@ def test_the_default_rule_is_the_one_that_refers_fewer_val_images(tmp_path):
     from types import SimpleNamespace
 
     from ensemble.combine.fitting import RULE_CHOICE_ALPHAS, _choose_rule
-    from ensemble.combine.selection import conformal_file, selective_file
     from ensemble.refer.conformal import ConformalClassifier
     from ensemble.refer.rule import conformal_referral
+    from ensemble.run.directory import conformal_file, selective_file
 
     probabilities, labels = _calibration(4000, seed=9)
     calibration, val = slice(0, 2000), slice(2000, 4000)

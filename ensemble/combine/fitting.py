@@ -37,14 +37,7 @@ import numpy as np
 
 from ensemble.combine.base import Blend, Combiner, MemberOutputs, blend_folds
 from ensemble.combine.registry import registered_combiners
-from ensemble.combine.selection import (
-    CALIBRATION_SPLIT,
-    OOD,
-    TEMPERATURES,
-    Selection,
-    conformal_file,
-    selective_file,
-)
+from ensemble.combine.selection import Selection
 from ensemble.combine.shifted_blend import shifted_outputs, with_copies
 from ensemble.combine.temperature import TemperatureScaling, cached_outputs
 from ensemble.core.errors import ConfigError, RunError
@@ -69,7 +62,15 @@ from ensemble.refer.selective import (
     SELECTIVE_SCORES,
     SelectiveClassifier,
 )
-from ensemble.run.directory import Run, RunDir
+from ensemble.run.directory import (
+    CALIBRATION_SPLIT,
+    OOD,
+    TEMPERATURES,
+    Run,
+    RunDir,
+    conformal_file,
+    selective_file,
+)
 
 DESIGN = (
     "conformal: combiners fitted on one half of blend, prediction sets calibrated on the other "

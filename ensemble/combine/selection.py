@@ -15,12 +15,8 @@ from dataclasses import asdict, dataclass
 
 from ensemble.core.errors import RunError
 from ensemble.core.fileio import atomic_write_json
-from ensemble.run.directory import RunDir
+from ensemble.run.directory import SELECTION, RunDir
 
-SELECTION = "selection.json"
-TEMPERATURES = "temperatures.json"
-CALIBRATION_SPLIT = "calibration-split.json"  # which blend images fitted, which calibrated
-OOD = "ood.json"
 #: The combiners of runs fitted before selection.json listed them.
 EARLIER_COMBINERS = ("hard", "soft", "weighted", "greedy", "stack")
 
@@ -86,13 +82,3 @@ class Selection:
     def write(self, run: RunDir) -> None:
         """Write ``selection.json`` (last: it marks the combiners as fitted)."""
         atomic_write_json(run.combiners_dir / SELECTION, asdict(self))
-
-
-def conformal_file(model: str) -> str:
-    """The file of one combiner's or member's conformal calibration."""
-    return f"conformal-{model}.json"
-
-
-def selective_file(model: str) -> str:
-    """The file of one combiner's or member's selective-classification thresholds."""
-    return f"selective-{model}.json"

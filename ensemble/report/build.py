@@ -175,7 +175,8 @@ def report_on_dataset(
     keep = np.array([record.id not in failed for record in dataset.records])
     if not keep.any():
         raise DataError(f"none of the {len(keep)} images of {dataset.root} could be decoded")
-    images = {size: batch[keep] for size, batch in images.items()}
+    raw = {size: batch[keep] for size, batch in images.items()}
+    images = ensemble.images_by_size(raw)  # colour-normalised for a run that maps a lab's colour
     to_run = np.array([run_classes.index(name) for name in dataset.classes])
     labels = to_run[dataset.labels[keep]]
     outputs = outputs_for_images(ensemble, images, tta=tta)
@@ -195,6 +196,7 @@ def report_on_dataset(
         skipped=[{"id": f.id, "reason": f.reason} for f in failures],
         ids=[record.id for record in records],
         read_image=lambda index: dataset.decode(records[index], None).pixels,
+        base_images=raw,
     )
 
 
@@ -221,6 +223,7 @@ def _report_with_shift(
     skipped=(),
     ids=None,
     read_image=None,
+    base_images=None,
 ) -> dict:
     shifted_outputs = shift_kinds = zoomed_outputs = None
     if shifted:
@@ -236,7 +239,8 @@ def _report_with_shift(
         if not images:  # cached outputs were enough for the run itself; the base needs pixels
             images = _decode_like(ensemble, read_image, len(labels))
         member_stack = _as_member_outputs(ensemble, outputs)
-        adapted = base_comparison(ensemble, member_stack, images, labels, tta)
+        base_images = images if base_images is None else base_images  # the base maps no colour
+        adapted = base_comparison(ensemble, member_stack, base_images, labels, tta)
     return build_report(
         ensemble,
         outputs,

@@ -33,6 +33,22 @@ from ensemble.members.layout import MemberDir
 from ensemble.members.specs import MemberSpec, PipelineSpec, member_spec_from_dict
 
 MANIFEST = "manifest.json"
+#: The run's files in ``combiners/``, written by fit-stacker. Each combiner names the files
+#: of its own fitted state there (:meth:`ensemble.combine.base.Combiner.files`).
+SELECTION = "selection.json"  # written last: marks the combiners as fitted
+TEMPERATURES = "temperatures.json"
+CALIBRATION_SPLIT = "calibration-split.json"  # which blend images fitted, which calibrated
+OOD = "ood.json"
+
+
+def conformal_file(model: str) -> str:
+    """The file in ``combiners/`` of one combiner's or member's conformal calibration."""
+    return f"conformal-{model}.json"
+
+
+def selective_file(model: str) -> str:
+    """The file in ``combiners/`` of one combiner's or member's selective thresholds."""
+    return f"selective-{model}.json"
 
 
 @dataclass(frozen=True)
@@ -85,6 +101,15 @@ class RunDir:
     def audit_path(self) -> Path:
         """``audit.json``: the audit the split was cleaned with (absent if it was not)."""
         return self.root / "audit.json"
+
+    @property
+    def colour_path(self) -> Path:
+        """``colour.json``: the lab's colour map onto the training images' (absent: none).
+
+        Written by ``ensemble adapt --colour``; applied to every image given to the run from
+        outside it (the run's own split images are stored already mapped).
+        """
+        return self.root / "colour.json"
 
     @property
     def combiners_dir(self) -> Path:

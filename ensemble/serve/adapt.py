@@ -42,15 +42,15 @@ from ensemble.members.ovr import train_ovr_member
 from ensemble.members.specs import MemberSpec
 from ensemble.members.training import TrainingData, train_member
 from ensemble.run.directory import MANIFEST, RunDir
+from ensemble.serve.adapt_settings import (
+    DEFAULT_CALIBRATION_REPLAY,
+    DEFAULT_EPOCHS,
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_REPLAY,
+    LAB_FRACTIONS,
+    MIN_PER_CLASS,
+)
 from ensemble.serve.ensemble import Ensemble
-
-#: Shares of the lab's cells: fine-tuning, watching, and the held-out part (half refits the
-#: combiners, half calibrates the referral).
-LAB_FRACTIONS = {"train": 0.5, "val": 0.1, "blend": 0.4, "test": 0.0}
-#: Fewest reviewed cells of a class: two to fine-tune on and one held out.
-MIN_PER_CLASS = 3
-#: Base ``blend`` images joining the lab's held-out part by default (stratified by class).
-DEFAULT_CALIBRATION_REPLAY = 600
 
 
 def adapt(
@@ -59,9 +59,9 @@ def adapt(
     out: Path | str,
     *,
     data_root: Path | str | None = None,
-    epochs: int = 4,
-    learning_rate: float = 3e-4,
-    replay: float = 2.0,
+    epochs: int = DEFAULT_EPOCHS,
+    learning_rate: float = DEFAULT_LEARNING_RATE,
+    replay: float = DEFAULT_REPLAY,
     calibration_replay: int = DEFAULT_CALIBRATION_REPLAY,
     seed: int = 0,
 ) -> dict[str, dict]:

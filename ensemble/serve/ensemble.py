@@ -30,12 +30,13 @@ import numpy as np
 
 from ensemble.combine.base import Combiner, MemberOutputs
 from ensemble.combine.registry import registered_combiners
-from ensemble.combine.selection import TEMPERATURES, Selection
+from ensemble.combine.selection import Selection
 from ensemble.combine.temperature import TemperatureScaling, calibrated_outputs
 from ensemble.core.console import quiet_console
 from ensemble.core.console import verbose as console_verbose
 from ensemble.core.errors import ConfigError, DataError, RunError, did_you_mean
 from ensemble.core.hashes import check_recorded_hashes, file_sha256
+from ensemble.data.colour import ColourNormaliser
 from ensemble.data.images import UnreadableImage, crop_and_resize, decode_image
 from ensemble.members.outputs import member_model, member_outputs
 from ensemble.refer.conformal import (
@@ -54,7 +55,7 @@ from ensemble.refer.rule import (
     referral_reasons,
 )
 from ensemble.refer.selective import SelectiveClassifier
-from ensemble.run.directory import RunDir
+from ensemble.run.directory import TEMPERATURES, RunDir
 
 #: Images as the ensemble accepts them: uint8 ``(N, H, W, 3)`` at any size, the same images
 #: already resized per input size (``{size: (N, size, size, 3)}``), or image file paths.
@@ -140,6 +141,8 @@ class Ensemble:
         ood_: the OOD detector, or ``None``.
         selective_: the selective thresholds of every combiner and member, by name (empty for
             runs fitted before them).
+        colour_: the lab's colour normalisation applied to every image given (``None``: the
+            run has none; see ``ensemble adapt --colour``).
     """
 
     def __init__(
@@ -167,6 +170,9 @@ class Ensemble:
         self.conformal_ = conformal or {}
         self.ood_ = ood
         self.selective_ = selective or {}
+        self.colour_ = None
+        if run.colour_path.is_file():
+            self.colour_ = ColourNormaliser.from_json(json.loads(run.colour_path.read_text()))
         self.combiner_ = self._resolve(combiner or selection.default_combiner)
 
     @classmethod
@@ -646,9 +652,17 @@ class Ensemble:
     def images_by_size(self, images: Images) -> dict[int, np.ndarray]:
         """``images`` at every member input size: ``{size: (N, size, size, 3)}``.
 
+        With :attr:`colour_`, the images come back colour-normalised as the members expect.
+
         Raises:
             DataError: a path cannot be decoded, or an array is not ``(N, H, W, 3)``.
         """
+        by_size = self._images_by_size(images)
+        if self.colour_ is None:
+            return by_size
+        return {size: self.colour_.transform(batch) for size, batch in by_size.items()}
+
+    def _images_by_size(self, images: Images) -> dict[int, np.ndarray]:
         sizes = sorted({self.input_size(name) for name in self.members_})
         if isinstance(images, Mapping):
             missing = [size for size in sizes if size not in images]

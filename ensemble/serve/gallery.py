@@ -534,7 +534,7 @@ def order_for_labelling(cards: Sequence[dict]) -> list[dict]:
 
 
 def _order_note(order: str) -> str:
-    from ensemble.serve.adapt import MIN_PER_CLASS
+    from ensemble.serve.adapt_settings import MIN_PER_CLASS
 
     if order == "labelling":
         return (
