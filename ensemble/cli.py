@@ -882,6 +882,14 @@ def report(
     ] = False,
     classes: ClassesOption = None,
     data_root: DataRootOption = None,
+    medmnistc: Annotated[
+        bool | None,
+        typer.Option(
+            help="Also score a MedMNIST-C copy (a peer's corruption suite; the eval extra). "
+            "Default: when it is installed.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run ``ensemble report`` (its help: :data:`_REPORT_HELP`).
 
@@ -895,7 +903,13 @@ def report(
     directory = RunDir.open(run)
     dataset = _load(directory.data_source(data), classes, data_root)
     target = out or run / "report"
-    options = {"shifted": shifted, "zoomed": zoomed, "shift_seed": shift_seed, "tta": tta}
+    options = {
+        "shifted": shifted,
+        "zoomed": zoomed,
+        "shift_seed": shift_seed,
+        "tta": tta,
+        "medmnistc": _medmnistc_wanted(medmnistc),
+    }
     if dataset.fingerprint() == directory.manifest["data_fingerprint"]:
         metrics = report_on_split(directory.with_data(dataset), split.value, target, **options)
     else:
@@ -913,6 +927,19 @@ def report(
         f"accuracy {metrics['models'][best]['accuracy']:.4f} → {target}/report.md, "
         f"{target}/report.html"
     )
+
+
+def _medmnistc_wanted(asked: bool | None) -> bool:
+    """``--medmnistc``: on when installed unless refused; asked for and missing is an error."""
+    from ensemble.corrupt.medmnistc import INSTALL_HINT, available
+
+    if asked is False:
+        return False
+    if available():
+        return True
+    if asked:
+        raise ConfigError(f"--medmnistc: {INSTALL_HINT}")
+    return False
 
 
 def _write_review_page(

@@ -13,7 +13,7 @@ def test_heads_learn_separable_classes():
         {
             "name": "o",
             "kind": "ovr",
-            "ovr": {"base_member": "x", "epochs": 40, "learning_rate": 0.05},
+            "ovr": {"base_member": "x", "epochs": 8, "learning_rate": 0.05},
         }
     )
     heads, history = fit_heads(spec, features, labels, features, labels, 3)

@@ -102,7 +102,7 @@ def test_report_is_rendered_from_metrics_json_alone(fitted_ci_run, synthetic_fol
     assert render_markdown(metrics) == (out / "report.md").read_text()
     details = metrics["member_details"]
     assert details["tiny-ovr"]["kind"] == "ovr" and details["tiny-ovr"]["base_member"] == "tiny-a"
-    assert details["tiny-a"]["backbone"] == "mobilenetv3small"
+    assert details["tiny-a"]["backbone"] == "simplecnn"
     assert "| tiny-a | mobilenetv3small 32 px | dihedral + RandAugment 0.2×1 | from scratch |" in (
         render_markdown(metrics)
     )

@@ -283,6 +283,7 @@ def test_predict_uses_the_rule_fit_stacker_chose(selective_run):
     assert ens.default_refer(alpha=0.5) == "conformal"  # an alpha asks for prediction sets
 
 
+@pytest.mark.large  # starts a Ray cluster (~1 min)
 def test_ray_predict_refers_by_the_selective_rule_too(selective_run, synthetic_folder):
     ray = pytest.importorskip("ray", reason="Ray is not installed (optional extra)")
     from ensemble.serve.predict import iter_prediction_rows, prepare_prediction

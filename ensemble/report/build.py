@@ -84,6 +84,7 @@ def report_on_split(
     shift_seed: int = 0,
     zoomed: bool = False,
     tta: bool = False,
+    medmnistc: bool = False,
 ) -> dict:
     """Report every member and combiner on one split of the run.
 
@@ -95,6 +96,8 @@ def report_on_split(
         shift_seed: seed of the shifted and zoomed copies.
         zoomed: also score a seeded copy in which every image is zoomed.
         tta: average each member over the 8 dihedral views (every copy).
+        medmnistc: also score a MedMNIST-C copy (:mod:`ensemble.corrupt.medmnistc`; needs the
+            ``eval`` extra).
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -106,7 +109,7 @@ def report_on_split(
 
     ensemble = _load(run.directory, tta)
     images = {}
-    if tta or shifted or zoomed:  # cached outputs need no pixels; TTA and the copies do
+    if tta or shifted or zoomed or medmnistc:  # cached outputs need no pixels; copies do
         sizes = {ensemble.input_size(name) for name in ensemble.members_}
         stage("report", f"decoding the {split_name} split at {_sizes(sizes)}")
         images = {size: run.images(split_name, size)[0] for size in sizes}
@@ -135,6 +138,7 @@ def report_on_split(
         tta=tta,
         ids=[record.id for record in records],
         read_image=lambda index: run.dataset.decode(records[index], None).pixels,
+        medmnistc=medmnistc,
     )
 
 
@@ -147,6 +151,7 @@ def report_on_dataset(
     shift_seed: int = 0,
     zoomed: bool = False,
     tta: bool = False,
+    medmnistc: bool = False,
 ) -> dict:
     """Report every member and combiner on every image of a separate labelled set.
 
@@ -197,6 +202,7 @@ def report_on_dataset(
         ids=[record.id for record in records],
         read_image=lambda index: dataset.decode(records[index], None).pixels,
         base_images=raw,
+        medmnistc=medmnistc,
     )
 
 
@@ -224,8 +230,9 @@ def _report_with_shift(
     ids=None,
     read_image=None,
     base_images=None,
+    medmnistc=False,
 ) -> dict:
-    shifted_outputs = shift_kinds = zoomed_outputs = None
+    shifted_outputs = shift_kinds = zoomed_outputs = suite_outputs = suite_kinds = None
     if shifted:
         stage("report", f"shifted copy of {len(labels)} images ({', '.join(SHIFTS)})")
         shifted_batches, shift_kinds = shifted_images(images, shift_seed)
@@ -234,6 +241,12 @@ def _report_with_shift(
         stage("report", f"zoomed copy of {len(labels)} images")
         zoomed_batches, _ = shifted_images(images, shift_seed, kinds=(ZOOM,))
         zoomed_outputs = outputs_for_images(ensemble, zoomed_batches, tta=tta, copy="zoomed")
+    if medmnistc:
+        from ensemble.corrupt.medmnistc import REPORT_SEVERITY, suite_copy
+
+        stage("report", f"MedMNIST-C copy of {len(labels)} images (severity {REPORT_SEVERITY})")
+        suite_batches, suite_kinds = suite_copy(images, shift_seed)
+        suite_outputs = outputs_for_images(ensemble, suite_batches, tta=tta, copy="MedMNIST-C")
     adapted = None
     if ensemble.run.manifest.get("adapted_from"):
         if not images:  # cached outputs were enough for the run itself; the base needs pixels
@@ -255,6 +268,7 @@ def _report_with_shift(
         ids=ids,
         read_image=read_image,
         adapted=adapted,
+        medmnistc=(suite_outputs, suite_kinds) if suite_outputs is not None else None,
     )
 
 
@@ -319,6 +333,7 @@ def build_report(
     ids: Sequence[str] | None = None,
     read_image: ReadImage | None = None,
     adapted: dict | None = None,
+    medmnistc: tuple[dict[str, dict], list[str]] | None = None,
 ) -> dict:
     """Compute every metric and write the report into ``out``.
 
@@ -342,6 +357,8 @@ def build_report(
             thumbnails (default: no thumbnails).
         adapted: an adapted run's comparison with its base on the same images
             (:func:`ensemble.report.adapted.base_comparison`).
+        medmnistc: member outputs on the MedMNIST-C copy of the images and the kind applied
+            to each (:func:`ensemble.corrupt.medmnistc.suite_copy`), if any.
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -362,7 +379,7 @@ def build_report(
     best_member = max(names, key=lambda name: models[name]["accuracy"])
     best_combiner = max(ensemble.combiners_, key=lambda name: models[name]["accuracy"])
     combiners = list(ensemble.combiners_)
-    copies = _copies(ensemble, shifted, zoomed)
+    copies = _copies(ensemble, shifted, zoomed, medmnistc[0] if medmnistc else None)
     shifted_models, shifted_by_kind = {}, {}
     if "shifted" in copies:
         shifted_models, shifted_by_kind = score_shifted(
@@ -371,6 +388,11 @@ def build_report(
     zoomed_models = {}
     if "zoomed" in copies:
         zoomed_models, _ = score_shifted(copies["zoomed"][1], labels, None, len(classes))
+    suite_models, suite_by_kind = {}, {}
+    if "medmnistc" in copies:
+        suite_models, suite_by_kind = score_shifted(
+            copies["medmnistc"][1], labels, medmnistc[1], len(classes)
+        )
     timed = shifted if shifted is not None else outputs
     ids = [str(i) for i in range(len(labels))] if ids is None else list(ids)
     gallery = _gallery(
@@ -395,6 +417,8 @@ def build_report(
         "shifted_by_kind": shifted_by_kind,
         "shift_kinds": list(next(iter(shifted_by_kind.values()), {})),
         "zoomed": zoomed_models,
+        "medmnistc": suite_models,
+        "medmnistc_by_kind": suite_by_kind,
         "tta": tta,
         "combiners_fitted_with_tta": ensemble.fitted_with_tta_,
         "combiners_fitted_on_shift_copies": ensemble.fitted_on_shift_copies_,
@@ -424,11 +448,14 @@ def build_report(
 
 
 def _copies(
-    ensemble: Ensemble, shifted: dict[str, dict] | None, zoomed: dict[str, dict] | None
+    ensemble: Ensemble,
+    shifted: dict[str, dict] | None,
+    zoomed: dict[str, dict] | None,
+    medmnistc: dict[str, dict] | None = None,
 ) -> dict[str, tuple[MemberOutputs, dict[str, np.ndarray]]]:
-    """``"shifted"`` / ``"zoomed"`` → (member outputs, every model's probabilities), if given."""
+    """Copy name → (member outputs, every model's probabilities), for the copies given."""
     copies = {}
-    for copy, copy_outputs in (("shifted", shifted), ("zoomed", zoomed)):
+    for copy, copy_outputs in (("shifted", shifted), ("zoomed", zoomed), ("medmnistc", medmnistc)):
         if copy_outputs is not None:
             stack = _as_member_outputs(ensemble, copy_outputs)
             copies[copy] = (stack, ensemble.combine_all(stack))

@@ -20,6 +20,7 @@ COPY_STYLES = {
     "clean": ("circle", PALETTE[0]),
     "shifted": ("triangle", PALETTE[1]),
     "zoomed": ("square", PALETTE[2]),
+    "medmnistc": ("diamond", PALETTE[3]),
 }
 
 
