@@ -22,7 +22,7 @@ import numpy as np
 
 from ensemble import Ensemble
 from ensemble.core.fileio import atomic_write_json, atomic_write_text
-from ensemble.corrupt.medmnistc import SEVERITIES, corrupted_copy, kinds
+from ensemble.corrupt.medmnistc import SEVERITIES, Suite
 from ensemble.data.sources import load_dataset
 
 
@@ -66,17 +66,19 @@ def main() -> None:
     results["default_combiner"] = ens.default_combiner_
     if "clean" not in results:
         results["clean"] = accuracies(ens, images, labels)
-    for kind in kinds():
-        for severity in SEVERITIES:
-            key = f"{kind}/{severity}"
-            if key in results:
-                continue
-            copy = corrupted_copy(images, kind, severity, args.seed)
-            results[key] = accuracies(ens, copy, labels)
-            atomic_write_json(args.out, results)
-            if args.markdown:
-                atomic_write_text(args.markdown, render(results))
-            print(key, f"{results[key][ens.default_combiner_]:.4f}", flush=True)
+    with Suite() as suite:
+        results["kinds"] = suite.kinds()
+        for kind in results["kinds"]:
+            for severity in SEVERITIES:
+                key = f"{kind}/{severity}"
+                if key in results:
+                    continue
+                copy = suite.corrupt(images, kind, severity, args.seed)
+                results[key] = accuracies(ens, copy, labels)
+                atomic_write_json(args.out, results)
+                if args.markdown:
+                    atomic_write_text(args.markdown, render(results))
+                print(key, f"{results[key][ens.default_combiner_]:.4f}", flush=True)
     atomic_write_json(args.out, results)
     if args.markdown:
         atomic_write_text(args.markdown, render(results))
@@ -86,7 +88,7 @@ def render(results: dict) -> str:
     """The Markdown page: mean over kinds per severity, then per kind at each severity."""
     clean = results["clean"]
     models = list(clean)
-    suite = sorted({key.split("/")[0] for key in results if "/" in key}, key=_kind_order)
+    suite = results.get("kinds", [])
     default = results.get("default_combiner")
     lines = [
         "# MedMNIST-C: a corruption suite the project did not write",
@@ -129,13 +131,6 @@ def _mean(results: dict, suite: list[str], severity: int, model: str) -> float |
         results[f"{kind}/{severity}"][model] for kind in suite if f"{kind}/{severity}" in results
     ]
     return float(np.mean(values)) if len(values) == len(suite) else None
-
-
-def _kind_order(kind: str) -> int:
-    try:
-        return kinds().index(kind)
-    except (ImportError, ValueError):
-        return 0
 
 
 if __name__ == "__main__":

@@ -11,11 +11,19 @@ another family.
 The suite's parameters are set for 224 px images (MedMNIST+ at 224 px): each image is
 resized to 224 px, corrupted there, and resized back to its own side, so that a stain deposit
 or a bubble covers the share of the cell the authors meant.
+
+The package imports PyTorch, and PyTorch and TensorFlow in one process crash (a segmentation
+fault on import, seen with torch 2.14 and TensorFlow 2.21): the suite therefore runs in a
+separate process (:class:`Suite`, spawned, without TensorFlow), and this module never imports
+the package in the caller's process.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import multiprocessing
 import random
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from PIL import Image
@@ -36,34 +44,69 @@ INSTALL_HINT = (
 
 
 def available() -> bool:
-    """Whether the ``medmnistc`` package (and what it imports) can be loaded."""
-    try:
-        _registry()
-    except ImportError:
-        return False
-    return True
+    """Whether the ``medmnistc`` package is installed (found without importing it)."""
+    return importlib.util.find_spec("medmnistc") is not None
+
+
+class Suite:
+    """The suite in a process of its own, for as long as the ``with`` block lasts.
+
+    Example:
+        >>> with Suite() as suite:  # doctest: +SKIP
+        ...     blurred = suite.corrupt(images, "motion_blur", severity=3)
+    """
+
+    def __enter__(self) -> Suite:
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no TensorFlow
+        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._pool.shutdown()
+
+    def kinds(self) -> list[str]:
+        """The suite's corruption kinds for blood cells, in its order.
+
+        Raises:
+            ImportError: ``medmnistc`` (or what it imports) cannot be loaded; the message says
+                how to install it.
+        """
+        return self._pool.submit(_kinds).result()
+
+    def corrupt(self, images: np.ndarray, kind: str, severity: int, seed: int = 0) -> np.ndarray:
+        """``images`` (uint8 ``(N, H, W, 3)``) corrupted by one kind at one severity.
+
+        Each image is drawn with its own seed (from ``seed``, the kind and the severity), so a
+        copy is the same on every run.
+
+        Raises:
+            ConfigError: an unknown kind or a severity outside 1–5.
+            ImportError: ``medmnistc`` cannot be loaded.
+        """
+        return self._pool.submit(_corrupted_copy, images, kind, severity, seed).result()
 
 
 def kinds() -> list[str]:
-    """The suite's corruption kinds for blood cells, in its order.
-
-    Raises:
-        ImportError: ``medmnistc`` is not installed (the message says how to install it).
-    """
-    return list(_registry())
+    """The suite's kinds for blood cells (one call; see :meth:`Suite.kinds`)."""
+    with Suite() as suite:
+        return suite.kinds()
 
 
 def corrupted_copy(images: np.ndarray, kind: str, severity: int, seed: int = 0) -> np.ndarray:
-    """``images`` (uint8 ``(N, H, W, 3)``) corrupted by one kind of the suite at one severity.
+    """One corrupted copy (one call; see :meth:`Suite.corrupt`)."""
+    with Suite() as suite:
+        return suite.corrupt(images, kind, severity, seed)
 
-    Each image is drawn with its own seed (from ``seed``, the kind and the severity), so a
-    copy is the same on every run; the suite draws from Python's and NumPy's global generators,
-    which are restored afterwards.
 
-    Raises:
-        ConfigError: an unknown kind or a severity outside 1–5.
-        ImportError: ``medmnistc`` is not installed.
-    """
+# What runs in the suite's process.
+
+
+def _kinds() -> list[str]:
+    return list(_registry())
+
+
+def _corrupted_copy(images: np.ndarray, kind: str, severity: int, seed: int) -> np.ndarray:
+    """:meth:`Suite.corrupt` in the suite's process; global generators restored afterwards."""
     registry = _registry()
     if kind not in registry:
         raise ConfigError(f"unknown MedMNIST-C kind {kind!r}. Choose from {list(registry)}")
@@ -134,14 +177,15 @@ def suite_copy(
     """
     from ensemble.data.images import crop_and_resize
 
-    names = kinds()
     largest = images[max(images)]
-    applied = [names[index % len(names)] for index in range(len(largest))]
     corrupted = np.empty_like(largest)
-    for kind in names:
-        chosen = np.array([name == kind for name in applied])
-        if chosen.any():
-            corrupted[chosen] = corrupted_copy(largest[chosen], kind, severity, seed)
+    with Suite() as suite:
+        names = suite.kinds()
+        applied = [names[index % len(names)] for index in range(len(largest))]
+        for kind in names:
+            chosen = np.array([name == kind for name in applied])
+            if chosen.any():
+                corrupted[chosen] = suite.corrupt(largest[chosen], kind, severity, seed)
     by_size = {
         size: corrupted
         if size == max(images)
