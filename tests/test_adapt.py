@@ -65,9 +65,14 @@ def test_the_adapted_run_mixes_the_labs_cells_with_a_replay_and_holds_some_out(a
     parts = {r["split"] for r in lab}
     assert parts == {"train", "val", "blend"}  # fine-tune, watch, hold out
     replayed = [r for r in split["records"] if not r["id"].startswith(lab_folder)]
-    counts = {part: sum(r["split"] == part for r in replayed) for part in ("train", "blend")}
-    # base training images replayed to fine-tune, base blend images to calibrate on
-    assert counts == {"train": recorded["replayed"], "blend": recorded["calibration_replayed"]}
+    counts = {p: sum(r["split"] == p for r in replayed) for p in ("train", "val", "blend")}
+    # base training images replayed to fine-tune, base val and blend images to watch and
+    # calibrate on
+    assert counts == {
+        "train": recorded["replayed"],
+        "val": recorded["validation_replayed"],
+        "blend": recorded["calibration_replayed"],
+    }
     assert len(replayed) == sum(counts.values())
     assert f"adapted run: {out}" in stdout
 

@@ -43,6 +43,11 @@ def forward(model, images: np.ndarray, batch_size: int = 256) -> list[np.ndarray
     """
     if model not in _FEATURE_MODELS:
         _FEATURE_MODELS[model] = feature_model(model)
+    if len(images) == 0:  # Keras cannot predict on no images
+        return [
+            np.zeros((0, *output.shape[1:]), np.float32)
+            for output in _FEATURE_MODELS[model].outputs
+        ]
     missing = -len(images) % batch_size
     padded = images
     if missing:

@@ -10,11 +10,11 @@ derives a new run from the base run — the base is only read, its members' hash
    OOD threshold and selective thresholds recalibrated;
 2. a replay sample of the base run's own training images joins ``train`` (``replay`` times as
    many as the lab gives, stratified by class), so the members do not forget the base lab;
-   and, unless ``calibration_replay`` is 0, a sample of the base run's ``blend`` images joins
-   the held-out part: a few hundred reviewed cells leave a few dozen to calibrate on, far too
-   few for a miss rate of 1 % (the sets would hold every class and everything would be
-   referred), so the calibration is made on the lab's held-out cells *and* base cells — its
-   guarantee then holds for that mix, which the output says;
+   and, unless ``calibration_replay`` is 0, samples of the base run's ``val`` and ``blend``
+   images join the lab's watching and held-out parts: a few hundred reviewed cells leave a
+   few dozen to calibrate on, far too few for a miss rate of 1 % (the sets would hold every
+   class and everything would be referred), so the calibration is made on the lab's held-out
+   cells *and* base cells — its guarantee then holds for that mix, which the output says;
 3. every CNN member is fine-tuned from its base weights for a few epochs at a low rate, with
    its own augmentation; one-vs-rest heads are retrained on their fine-tuned base member;
 4. the combiners are fitted as fit-stacker would, with the base run's members and TTA setting.
@@ -77,8 +77,9 @@ def adapt(
         learning_rate: the fine-tuning rate (constant after no warm-up; cosine to 1 %).
         replay: base training images mixed in per lab training image.
         calibration_replay: base ``blend`` images joining the lab's held-out part, on which
-            the combiners are refitted and the referral calibrated (0: the lab's cells alone,
-            for a lab with enough of them for its alpha).
+            the combiners are refitted and the referral calibrated, and as many base ``val``
+            images joining the part that watches fine-tuning and fits the temperatures (0: the
+            lab's cells alone, for a lab with enough of them for its alpha).
         seed: seeds the lab's split, the replay sample and the fine-tuning.
 
     Returns:
@@ -113,7 +114,14 @@ def adapt(
         results[name] = _fine_tune(spec, base_dir, run, epochs, learning_rate, seed)
     from ensemble.combine.fitting import fit_combiners
 
-    print("adapt: refitting the combiners and the referral on the lab's cells", file=sys.stderr)
+    held_out = run.split.positions(run.dataset, "blend")
+    replayed = run.manifest["adapted_from"].get("calibration_replayed", 0)
+    print(
+        f"adapt: refitting the combiners and the referral on {len(held_out) - replayed} "
+        f"held-out lab cells and {replayed} base blend images; the referral's guarantees hold "
+        "for that mix, not for the lab's cells alone (--calibration-replay 0 for those)",
+        file=sys.stderr,
+    )
     fit_combiners(run, tta=teacher.fitted_with_tta_, members=list(teacher.members_))
     return results
 
@@ -161,8 +169,9 @@ def _adapted_run(base: RunDir, teacher, base_data, lab, out: Path, replays, seed
     count = len(lab.records) * LAB_FRACTIONS["train"] * replay
     replayed = _replay_sample(base_run, "train", count, seed)
     calibration = _replay_sample(base_run, "blend", calibration_replay, seed)
+    watching = _replay_sample(base_run, "val", calibration_replay, seed)
     rows = [(str(r.path.resolve()), r.label) for r in lab.records]
-    rows += [(str(r.path.resolve()), r.label) for r in replayed + calibration]
+    rows += [(str(r.path.resolve()), r.label) for r in replayed + calibration + watching]
     text = "path,label\n" + "".join(f"{_csv_cell(path)},{label}\n" for path, label in rows)
     atomic_write_text(out / "data.csv", text)
     combined = load_dataset(out / "data.csv")
@@ -175,14 +184,16 @@ def _adapted_run(base: RunDir, teacher, base_data, lab, out: Path, replays, seed
     lab_view = replace(combined, records=[r for r in combined.records if r.id in lab_paths])
     split = make_split(lab_view, (), LAB_FRACTIONS, seed)
     assignment = dict(split.assignment)
-    to_blend = {str(r.path.resolve()) for r in calibration}
+    replayed_to = {str(r.path.resolve()): "blend" for r in calibration}
+    replayed_to |= {str(r.path.resolve()): "val" for r in watching}
     assignment.update(
-        {
-            r.id: "blend" if r.id in to_blend else "train"
-            for r in combined.records
-            if r.id not in lab_paths
-        }
+        {r.id: replayed_to.get(r.id, "train") for r in combined.records if r.id not in lab_paths}
     )
+    if not any(part == "val" for part in assignment.values()):
+        raise DataError(
+            f"the {len(lab.records)} reviewed cells leave none to watch the fine-tuning and fit "
+            "the temperatures on; review more cells, or keep --calibration-replay above 0"
+        )
     split = Split(assignment, seed, LAB_FRACTIONS, combined.fingerprint())
     save_split(split, combined, out / "split.json")
     manifest = {
@@ -199,6 +210,7 @@ def _adapted_run(base: RunDir, teacher, base_data, lab, out: Path, replays, seed
             "labelled": len(lab.records),
             "replayed": len(replayed),
             "calibration_replayed": len(calibration),
+            "validation_replayed": len(watching),
         },
     }
     atomic_write_json(out / MANIFEST, manifest)  # last: marks the run as created
