@@ -29,8 +29,7 @@ def test_the_suite_is_the_packages_blood_cell_suite(suite):
 
 @pytest.fixture(scope="module")
 def suite():
-    with medmnistc.Suite() as running:
-        yield running
+    return medmnistc.shared_suite()
 
 
 @installed

@@ -20,6 +20,7 @@ the package in the caller's process.
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import multiprocessing
 import random
@@ -86,16 +87,30 @@ class Suite:
         return self._pool.submit(_corrupted_copy, images, kind, severity, seed).result()
 
 
+_SHARED: list[Suite] = []
+
+
+def shared_suite() -> Suite:
+    """One suite process for this whole process, started on first use, stopped at exit.
+
+    Starting one costs seconds (it imports PyTorch); reports and benchmarks that make many
+    copies share it.
+    """
+    if not _SHARED:
+        suite = Suite().__enter__()
+        atexit.register(suite.__exit__, None, None, None)
+        _SHARED.append(suite)
+    return _SHARED[0]
+
+
 def kinds() -> list[str]:
-    """The suite's kinds for blood cells (one call; see :meth:`Suite.kinds`)."""
-    with Suite() as suite:
-        return suite.kinds()
+    """The suite's kinds for blood cells (see :meth:`Suite.kinds`)."""
+    return shared_suite().kinds()
 
 
 def corrupted_copy(images: np.ndarray, kind: str, severity: int, seed: int = 0) -> np.ndarray:
-    """One corrupted copy (one call; see :meth:`Suite.corrupt`)."""
-    with Suite() as suite:
-        return suite.corrupt(images, kind, severity, seed)
+    """One corrupted copy (see :meth:`Suite.corrupt`)."""
+    return shared_suite().corrupt(images, kind, severity, seed)
 
 
 # What runs in the suite's process.
@@ -179,13 +194,13 @@ def suite_copy(
 
     largest = images[max(images)]
     corrupted = np.empty_like(largest)
-    with Suite() as suite:
-        names = suite.kinds()
-        applied = [names[index % len(names)] for index in range(len(largest))]
-        for kind in names:
-            chosen = np.array([name == kind for name in applied])
-            if chosen.any():
-                corrupted[chosen] = suite.corrupt(largest[chosen], kind, severity, seed)
+    suite = shared_suite()
+    names = suite.kinds()
+    applied = [names[index % len(names)] for index in range(len(largest))]
+    for kind in names:
+        chosen = np.array([name == kind for name in applied])
+        if chosen.any():
+            corrupted[chosen] = suite.corrupt(largest[chosen], kind, severity, seed)
     by_size = {
         size: corrupted
         if size == max(images)
