@@ -18,7 +18,8 @@ referral rule:
 - ``colour+batchnorm``: both;
 - ``adapt-N-sS``: ``ensemble adapt`` with N reviewed cells drawn from the lab's val copy (equal
   per class, as the labelling review order spreads them), seed S; the adapted run is also
-  scored on the clean test split (does it forget the training lab?).
+  scored on the clean test split at ``--forgetting-at`` reviewed cells (does it forget the
+  training lab?).
 
 Each entry is saved as soon as it is measured; a rerun skips what ``--out`` already holds.
 """
@@ -109,6 +110,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--markdown", type=Path)
+    parser.add_argument(
+        "--forgetting-at", type=int, default=100, help="reviewed cells of the run also scored clean"
+    )
     args = parser.parse_args()
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     ens = Ensemble.load(args.run)
@@ -172,7 +176,7 @@ def main() -> None:
                 entry = scores(adapted, adapted.member_outputs(test_images, tta=tta), test_labels)
                 entry["minutes"] = minutes
                 entry["labelled"] = int(count)
-                if seed == args.seeds[0]:
+                if seed == args.seeds[0] and count == args.forgetting_at:
                     clean = adapted.member_outputs(clean_images, tta=tta)
                     entry["clean"] = scores(adapted, clean, clean_labels)
                 save(key, entry)
