@@ -930,15 +930,26 @@ def report(
 
 
 def _medmnistc_wanted(asked: bool | None) -> bool:
-    """``--medmnistc``: on when installed unless refused; asked for and missing is an error."""
-    from ensemble.corrupt.medmnistc import INSTALL_HINT, available
+    """``--medmnistc``: on when it works here unless refused; asked for and broken is an error.
+
+    The suite is started (and its kinds read) before any image is scored, so a package that is
+    installed but cannot load (PyTorch, ImageMagick) is found at once, not after the clean pass.
+    """
+    from ensemble.corrupt.medmnistc import INSTALL_HINT, available, shared_suite
 
     if asked is False:
         return False
+    problem = INSTALL_HINT
     if available():
-        return True
+        try:
+            shared_suite().kinds()
+            return True
+        except (ImportError, OSError) as error:
+            problem = f"MedMNIST-C is installed but cannot load: {error}"
     if asked:
-        raise ConfigError(f"--medmnistc: {INSTALL_HINT}")
+        raise ConfigError(f"--medmnistc: {problem}")
+    if problem != INSTALL_HINT:  # installed but broken: say so; not installed: nothing to say
+        typer.echo(f"note: no MedMNIST-C copy ({problem})", err=True)
     return False
 
 

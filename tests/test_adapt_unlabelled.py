@@ -1,5 +1,6 @@
 """ensemble adapt --unlabelled: colour normalisation and batch-norm statistics, no labels."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -39,13 +40,17 @@ def test_colour_only_keeps_the_members_and_maps_every_image(fitted_ci_run, lab, 
             fitted_ci_run / f"members/{name}/model.keras"
         ).read_bytes()
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["adapted_from"] | {"member_sha256": None} == {
+    recorded = manifest["adapted_from"]
+    assert recorded | {"member_sha256": None} == {
         "run": str(fitted_ci_run.resolve()),
         "member_sha256": None,
         "unlabelled": 64,
         "colour": "reinhard",
+        "colour_sha256": hashlib.sha256((out / "colour.json").read_bytes()).hexdigest(),
         "batchnorm": False,
+        "calibration": "inherited: the base run's, fitted on its own members' outputs",
     }
+    assert not (out / ".adapt-incomplete").exists()
     base, adapted = Ensemble.load(fitted_ci_run), Ensemble.load(out)
     normaliser = ColourNormaliser.from_json(json.loads((out / "colour.json").read_text()))
     assert adapted.colour_ == normaliser and base.colour_ is None
@@ -71,7 +76,8 @@ def test_batchnorm_changes_only_the_cnn_members_and_the_run_still_verifies(
         new, old = out / f"members/{name}/model.keras", fitted_ci_run / f"members/{name}"
         return new.read_bytes() == (old / "model.keras").read_bytes()
 
-    assert not same("tiny-a") and not same("tiny-b") and same("tiny-ovr")
+    # the one-vs-rest member holds a copy of its base's backbone: re-estimated too
+    assert not same("tiny-a") and not same("tiny-b") and not same("tiny-ovr")
     adapted = Ensemble.load(out)  # every recorded hash was rewritten: the loader's checks pass
     assert adapted.member_hashes_ != Ensemble.load(fitted_ci_run).member_hashes_
     paths, _ = _images(lab)
@@ -124,3 +130,31 @@ def test_too_few_images_and_no_cells_at_all(fitted_ci_run, lab, tmp_path, capsys
     assert "1 unreadable files left out" in err and "notes.txt" in err
     code, _, err = run_cli(["adapt", "--run", fitted_ci_run, "--out", tmp_path / "o"], capsys)
     assert code == 2 and "adapt needs the lab's cells: --labelled reviewed.csv" in err
+
+
+def test_a_changed_colour_map_is_refused_and_the_inherited_referral_is_said(
+    fitted_ci_run, lab, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    args = ["adapt", "--run", fitted_ci_run, "--unlabelled", lab, "--colour", "reinhard"]
+    assert run_cli([*args, "--out", out], capsys)[0] == 0
+    code, _, err = run_cli(["predict", lab, "--run", out, "--out", tmp_path / "p.csv"], capsys)
+    assert code == 3, err  # 64 cells predicted; reviewed.csv is not an image
+    assert f"note: {out} was adapted without labels: its temperatures, prediction sets" in err
+    record = json.loads((out / "colour.json").read_text())
+    record["source_mean"][0] += 0.1
+    (out / "colour.json").write_text(json.dumps(record))
+    code, _, err = run_cli(["predict", lab, "--run", out, "--out", tmp_path / "q.csv"], capsys)
+    assert code == 2 and "['colour.json'] of" in err and "changed since `ensemble adapt`" in err
+
+
+def test_out_must_be_a_new_folder(fitted_ci_run, lab, tmp_path, capsys):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    args = ["adapt", "--run", fitted_ci_run, "--unlabelled", lab, "--colour", "reinhard"]
+    code, _, err = run_cli([*args, "--out", busy], capsys)
+    assert code == 2 and f"--out {busy} is a folder with files in it" in err
+    assert (busy / "keep.txt").read_text() == "mine"  # never emptied
+    code, _, err = run_cli([*args, "--out", fitted_ci_run.parent], capsys)
+    assert code == 2 and "would hold the base run" in err

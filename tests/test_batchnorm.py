@@ -34,19 +34,25 @@ def test_the_moving_statistics_become_the_labs():
     images = rng.integers(100, 200, (130, 8, 8, 3)).astype(np.uint8)
     assert len(batchnorm_layers(model)) == 2  # the nested block's layer is found too
     momenta = [layer.momentum for layer in batchnorm_layers(model)]
-    weights = [w.copy() for w in model.get_weights()]
+    model.get_layer("pixel_bn").trainable = False  # frozen for fine-tuning: re-estimated too
+    before = {weight.path: np.array(weight.numpy()) for weight in model.weights}
     assert reestimate_batchnorm(model, images, batch_size=32) == 2
     pixel_bn = model.get_layer("pixel_bn")
     pixels = images.reshape(-1, 3) / 255
-    # the average over the batches of each batch's mean: here, the mean over all images
+    # the batches' means and variances, each weighted by its size (the last holds 2 images)
     batches = [pixels[start * 64 : (start + 32) * 64] for start in range(0, 129, 32)]
-    expected_mean = np.mean([b.mean(axis=0) for b in batches], axis=0, dtype=np.float64)
+    weights = [len(b) for b in batches]
+    expected_mean = np.average([b.mean(axis=0) for b in batches], axis=0, weights=weights)
     np.testing.assert_allclose(np.asarray(pixel_bn.moving_mean), expected_mean, rtol=1e-4)
-    expected_var = np.mean([b.var(axis=0) for b in batches], axis=0)
+    expected_var = np.average([b.var(axis=0) for b in batches], axis=0, weights=weights)
     np.testing.assert_allclose(np.asarray(pixel_bn.moving_variance), expected_var, rtol=2e-2)
     assert [layer.momentum for layer in batchnorm_layers(model)] == momenta
-    changed = [not np.array_equal(a, b) for a, b in zip(weights, model.get_weights(), strict=True)]
-    assert sum(changed) == 4  # two moving means, two moving variances; no trained weight
+    assert pixel_bn.trainable is False
+    after = {weight.path: np.array(weight.numpy()) for weight in model.weights}
+    assert set(after) == set(before)
+    changed = sorted(path for path in before if not np.array_equal(before[path], after[path]))
+    assert len(changed) == 4, changed  # two moving means, two moving variances; nothing trained
+    assert all("moving_" in path for path in changed)
 
 
 def test_two_images_at_least():

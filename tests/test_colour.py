@@ -65,3 +65,9 @@ def test_a_bad_record_is_refused_in_words(record, message):
 def test_statistics_need_images():
     with pytest.raises(DataError, match=r"need images as \(N, H, W, 3\), N >= 1. Received: \(0,"):
         channel_statistics(np.zeros((0, 8, 8, 3), np.uint8))
+
+
+def test_grey_images_cannot_anchor_a_colour_map():
+    grey = np.repeat(np.linspace(0, 255, 32 * 32).reshape(1, 32, 32, 1), 3, axis=3)
+    with pytest.raises(DataError, match=r"barely vary in lαβ channel\(s\) \['alpha', 'beta'\]"):
+        channel_statistics(grey.astype(np.uint8))

@@ -214,3 +214,17 @@ def test_stacker_grid_is_keyed_by_settings_and_saved_as_records(tmp_path):
         loaded.predict_proba(features, probabilities),
         stacker.predict_proba(features, probabilities),
     )
+
+
+def test_hard_vote_fitted_before_continuous_scores_is_refused():
+    import json
+
+    from ensemble.combine.voting import combiner_from_json
+    from ensemble.core.errors import RunError
+
+    p = stack([[0.6, 0.4]], [[0.3, 0.7]], [[0.8, 0.2]])
+    saved = json.loads(HardVote().fit(p, [0]).to_json())
+    assert saved["scores"] == 2
+    del saved["scores"]  # as written before the scores were continuous
+    with pytest.raises(RunError, match="Run `ensemble fit-stacker` again"):
+        combiner_from_json(json.dumps(saved))

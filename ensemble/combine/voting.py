@@ -20,7 +20,7 @@ from ensemble.combine.base import (
     register,
     registered_so_far,
 )
-from ensemble.core.errors import ConfigError
+from ensemble.core.errors import ConfigError, RunError
 
 
 @register
@@ -49,6 +49,22 @@ class HardVote(VotingCombiner):
         stack = self._check_fitted(stack)
         scores = self.votes(stack).astype(np.float64) + 0.5 * stack.mean(axis=0)
         return scores / scores.sum(axis=1, keepdims=True)
+
+    def state(self) -> dict[str, Any]:
+        """The member count and the version of the scores (see :data:`SCORES`)."""
+        return super().state() | {"scores": self.SCORES}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        super()._restore(state)
+        if state.get("scores") != self.SCORES:
+            raise RunError(
+                "hard voting was fitted when its scores were bare vote shares; its prediction "
+                "sets and selective thresholds do not fit today's scores. Run `ensemble "
+                "fit-stacker` again."
+            )
+
+    #: The scores' version: 2 = votes plus half the mean probability (1, unrecorded: shares).
+    SCORES = 2
 
 
 @register

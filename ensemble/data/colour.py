@@ -34,6 +34,9 @@ _FLOOR = 1.0 / 255.0
 #: Pixels drawn per image when fitting statistics (enough for means and spreads, bounded memory).
 _PIXELS_PER_IMAGE = 1024
 METHODS = ("reinhard",)
+#: lαβ channel names, and the smallest spread a channel may have to be rescaled.
+CHANNELS = ("l", "alpha", "beta")
+MIN_SPREAD = 1e-3
 
 
 def rgb_to_lab(images: np.ndarray) -> np.ndarray:
@@ -57,7 +60,8 @@ def channel_statistics(images: np.ndarray, seed: int = 0) -> tuple[np.ndarray, n
     large images costs bounded memory.
 
     Raises:
-        DataError: ``images`` is not a non-empty ``(N, H, W, 3)`` array.
+        DataError: ``images`` is not a non-empty ``(N, H, W, 3)`` array, or a channel barely
+            varies (grey images: its scale would blow up).
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
@@ -70,7 +74,14 @@ def channel_statistics(images: np.ndarray, seed: int = 0) -> tuple[np.ndarray, n
         chosen = rng.choice(pixels.shape[1], _PIXELS_PER_IMAGE, replace=False)
         pixels = pixels[:, chosen]
     lab = rgb_to_lab(pixels.reshape(-1, 3))
-    return lab.mean(axis=0), np.maximum(lab.std(axis=0), 1e-6)
+    spread = lab.std(axis=0)
+    flat = [name for name, value in zip(CHANNELS, spread, strict=True) if value < MIN_SPREAD]
+    if flat:
+        raise DataError(
+            f"the images barely vary in lαβ channel(s) {flat} (spread {spread.round(5).tolist()}"
+            f", below {MIN_SPREAD}): grey or single-colour images cannot anchor a colour map"
+        )
+    return lab.mean(axis=0), spread
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,10 @@ def reestimate_batchnorm(model, images: np.ndarray, batch_size: int = BATCH_SIZE
     """Replace ``model``'s batch-norm moving statistics by those of ``images`` (in place).
 
     Each layer's moving mean and variance become the average over the batches of
-    ``images`` (a cumulative average: batch *k* enters with weight 1/k), computed in one
-    pass in training mode. No weight is trained; dropout is active during the pass and
-    changes nothing that is kept.
+    ``images``, each batch weighted by its size, computed in one pass in training mode. Layers
+    frozen for fine-tuning are re-estimated too (Keras updates statistics only of trainable
+    layers, so each is made trainable for the pass and restored). No weight is trained;
+    dropout is active during the pass and changes nothing that is kept.
 
     Args:
         model: a Keras model taking uint8 images at its input size.
@@ -54,16 +55,20 @@ def reestimate_batchnorm(model, images: np.ndarray, batch_size: int = BATCH_SIZE
     layers = batchnorm_layers(model)
     if not layers:
         return 0
-    momenta = [layer.momentum for layer in layers]
+    saved = [(layer.momentum, layer.trainable) for layer in layers]
     try:
-        starts = range(0, len(images) - 1, batch_size)  # a last batch of one has no variance
-        for number, start in enumerate(starts, start=1):
+        for layer in layers:
+            layer.trainable = True
+        seen = 0
+        for start in range(0, len(images) - 1, batch_size):  # a last batch of one: no variance
+            batch = np.asarray(images[start : start + batch_size])
             for layer in layers:
-                layer.momentum = (number - 1) / number
-            model(np.asarray(images[start : start + batch_size]), training=True)
+                layer.momentum = seen / (seen + len(batch))
+            model(batch, training=True)
+            seen += len(batch)
     finally:
-        for layer, momentum in zip(layers, momenta, strict=True):
-            layer.momentum = momentum
+        for layer, (momentum, trainable) in zip(layers, saved, strict=True):
+            layer.momentum, layer.trainable = momentum, trainable
     return len(layers)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ensemble.combine.base import MemberOutputs
+from ensemble.core.errors import EnsembleError
 from ensemble.core.progress import stage
 from ensemble.report.metrics import mcnemar
 from ensemble.run.directory import MANIFEST
@@ -48,13 +49,19 @@ def base_comparison(
     if not (base_root / MANIFEST).is_file():
         return {"base_run": str(base_root), "missing": True}
     stage("report", f"the base run {base_root} on the same {len(labels)} images")
-    base = Ensemble.load(base_root)
+    try:
+        base = Ensemble.load(base_root)
+    except EnsembleError as error:
+        return {"base_run": str(base_root), "unloadable": str(error)}
     base_decisions = base.decide(images, tta=tta, warn=False)
     adapted_decisions = ensemble.decide(outputs, warn=False)
     return {
         "base_run": str(base_root),
         "base_changed": base.member_hashes_ != record["member_sha256"],
         "labelled": record.get("labelled"),
+        "unlabelled": record.get("unlabelled"),
+        "colour": record.get("colour"),
+        "batchnorm": record.get("batchnorm"),
         "rows": {
             "base": _row(base, base_decisions, labels),
             "adapted": _row(ensemble, adapted_decisions, labels),
@@ -110,6 +117,8 @@ def comparison_notes(comparison: dict) -> list[str]:
     """What to read the table with: a missing or changed base, McNemar, where it is scored."""
     if comparison.get("missing"):
         return [f"The base run {comparison['base_run']} is no longer there."]
+    if comparison.get("unloadable"):
+        return [f"The base run could not be loaded: {comparison['unloadable']}"]
     notes = []
     if comparison["base_changed"]:
         notes.append(
@@ -117,13 +126,23 @@ def comparison_notes(comparison: dict) -> list[str]:
             "this run was adapted from them; the base row is today's base."
         )
     test = comparison["mcnemar"]
-    notes.append(
+    verdict = (
         f"McNemar, base vs adapted: {test['first_only']} images right only by the base, "
-        f"{test['second_only']} only by the adapted run, p = {test['p_value']:.3g}. "
-        f"The adapted run learned from {comparison.get('labelled')} reviewed cells; on its own "
-        "blend split these figures flatter it (its combiners and referral were fitted there)."
+        f"{test['second_only']} only by the adapted run, p = {test['p_value']:.3g}."
     )
-    return notes
+    if comparison.get("labelled") is not None:
+        how = (
+            f" The adapted run learned from {comparison['labelled']} reviewed cells; on its own "
+            "blend split these figures flatter it (its combiners and referral were fitted there)."
+        )
+    else:
+        steps = [f"colour map ({comparison['colour']})"] * bool(comparison.get("colour"))
+        steps += ["batch-norm statistics"] * bool(comparison.get("batchnorm"))
+        how = (
+            f" The adapted run was made from {comparison.get('unlabelled')} unlabelled images "
+            f"({' and '.join(steps) or 'no change'}); its referral is the base run's."
+        )
+    return [*notes, verdict + how]
 
 
 def render_section(metrics: dict) -> list[str]:
@@ -132,7 +151,7 @@ def render_section(metrics: dict) -> list[str]:
     if not comparison:
         return []
     lines = ["## Adapted run and its base on these images", ""]
-    if not comparison.get("missing"):
+    if not comparison.get("missing") and not comparison.get("unloadable"):
         lines += [
             "| " + " | ".join(HEAD) + " |",
             "|" + "---|" * len(HEAD),

@@ -109,7 +109,8 @@ def report_on_split(
 
     ensemble = _load(run.directory, tta)
     images = {}
-    if tta or shifted or zoomed or medmnistc:  # cached outputs need no pixels; copies do
+    adapted = bool(run.directory.manifest.get("adapted_from"))  # its base needs the pixels
+    if tta or shifted or zoomed or medmnistc or adapted:  # cached outputs need no pixels
         sizes = {ensemble.input_size(name) for name in ensemble.members_}
         stage("report", f"decoding the {split_name} split at {_sizes(sizes)}")
         images = {size: run.images(split_name, size)[0] for size in sizes}
@@ -180,11 +181,11 @@ def report_on_dataset(
     keep = np.array([record.id not in failed for record in dataset.records])
     if not keep.any():
         raise DataError(f"none of the {len(keep)} images of {dataset.root} could be decoded")
-    raw = {size: batch[keep] for size, batch in images.items()}
-    images = ensemble.images_by_size(raw)  # colour-normalised for a run that maps a lab's colour
+    images = {size: batch[keep] for size, batch in images.items()}
     to_run = np.array([run_classes.index(name) for name in dataset.classes])
     labels = to_run[dataset.labels[keep]]
-    outputs = outputs_for_images(ensemble, images, tta=tta)
+    # images from outside the run: a run that maps a lab's colour maps them (copies too)
+    outputs = outputs_for_images(ensemble, ensemble.images_by_size(images), tta=tta)
     title = f"Members and combiners of run `{run_root}` on {dataset.root}"
     records = [record for record, kept in zip(dataset.records, keep, strict=True) if kept]
     return _report_with_shift(
@@ -201,7 +202,7 @@ def report_on_dataset(
         skipped=[{"id": f.id, "reason": f.reason} for f in failures],
         ids=[record.id for record in records],
         read_image=lambda index: dataset.decode(records[index], None).pixels,
-        base_images=raw,
+        prepare=ensemble.images_by_size,
         medmnistc=medmnistc,
     )
 
@@ -229,31 +230,40 @@ def _report_with_shift(
     skipped=(),
     ids=None,
     read_image=None,
-    base_images=None,
+    prepare=None,
     medmnistc=False,
 ) -> dict:
+    """Score the copies, set an adapted run's base beside it, then :func:`build_report`.
+
+    Each copy is made from ``images`` as given and then ``prepare``-d as the clean images were
+    (a run that maps a lab's colour maps the corrupted images, as predict would).
+    """
+    prepare = prepare or (lambda batches: batches)
     shifted_outputs = shift_kinds = zoomed_outputs = suite_outputs = suite_kinds = None
     if shifted:
         stage("report", f"shifted copy of {len(labels)} images ({', '.join(SHIFTS)})")
         shifted_batches, shift_kinds = shifted_images(images, shift_seed)
-        shifted_outputs = outputs_for_images(ensemble, shifted_batches, tta=tta, copy="shifted")
+        shifted_outputs = outputs_for_images(
+            ensemble, prepare(shifted_batches), tta=tta, copy="shifted"
+        )
     if zoomed:
         stage("report", f"zoomed copy of {len(labels)} images")
         zoomed_batches, _ = shifted_images(images, shift_seed, kinds=(ZOOM,))
-        zoomed_outputs = outputs_for_images(ensemble, zoomed_batches, tta=tta, copy="zoomed")
+        zoomed_outputs = outputs_for_images(
+            ensemble, prepare(zoomed_batches), tta=tta, copy="zoomed"
+        )
     if medmnistc:
         from ensemble.corrupt.medmnistc import REPORT_SEVERITY, suite_copy
 
         stage("report", f"MedMNIST-C copy of {len(labels)} images (severity {REPORT_SEVERITY})")
         suite_batches, suite_kinds = suite_copy(images, shift_seed)
-        suite_outputs = outputs_for_images(ensemble, suite_batches, tta=tta, copy="MedMNIST-C")
+        suite_outputs = outputs_for_images(
+            ensemble, prepare(suite_batches), tta=tta, copy="MedMNIST-C"
+        )
     adapted = None
     if ensemble.run.manifest.get("adapted_from"):
-        if not images:  # cached outputs were enough for the run itself; the base needs pixels
-            images = _decode_like(ensemble, read_image, len(labels))
         member_stack = _as_member_outputs(ensemble, outputs)
-        base_images = images if base_images is None else base_images  # the base maps no colour
-        adapted = base_comparison(ensemble, member_stack, base_images, labels, tta)
+        adapted = base_comparison(ensemble, member_stack, images, labels, tta)  # unmapped
     return build_report(
         ensemble,
         outputs,
@@ -270,15 +280,6 @@ def _report_with_shift(
         adapted=adapted,
         medmnistc=(suite_outputs, suite_kinds) if suite_outputs is not None else None,
     )
-
-
-def _decode_like(ensemble: Ensemble, read_image, count: int) -> dict[int, np.ndarray]:
-    """The ``count`` images ``read_image`` reads, at every member input size."""
-    from ensemble.data.images import crop_and_resize
-
-    sizes = sorted({ensemble.input_size(name) for name in ensemble.members_})
-    native = [read_image(index) for index in range(count)]
-    return {size: np.stack([crop_and_resize(image, size) for image in native]) for size in sizes}
 
 
 def outputs_for_images(

@@ -764,7 +764,8 @@ def _adapted(metrics: dict, thumbnails: dict) -> str:
     comparison = metrics.get("adapted")
     if not comparison:
         return ""
-    table = "" if comparison.get("missing") else _table(HEAD, comparison_rows(comparison))
+    whole = not comparison.get("missing") and not comparison.get("unloadable")
+    table = _table(HEAD, comparison_rows(comparison)) if whole else ""
     notes = "".join(f"<p>{escape(note)}</p>" for note in comparison_notes(comparison))
     return table + notes
 

@@ -39,6 +39,8 @@ SELECTION = "selection.json"  # written last: marks the combiners as fitted
 TEMPERATURES = "temperatures.json"
 CALIBRATION_SPLIT = "calibration-split.json"  # which blend images fitted, which calibrated
 OOD = "ood.json"
+#: A lab's colour map (``ensemble adapt --colour``), in the run's root.
+COLOUR = "colour.json"
 
 
 def conformal_file(model: str) -> str:
@@ -106,10 +108,11 @@ class RunDir:
     def colour_path(self) -> Path:
         """``colour.json``: the lab's colour map onto the training images' (absent: none).
 
-        Written by ``ensemble adapt --colour``; applied to every image given to the run from
-        outside it (the run's own split images are stored already mapped).
+        Written by ``ensemble adapt --unlabelled --colour``; applied by the run's
+        :class:`~ensemble.serve.ensemble.Ensemble` to every image it is given. The run's own
+        split images are the training lab's and are scored unmapped (report on a split).
         """
-        return self.root / "colour.json"
+        return self.root / COLOUR
 
     @property
     def combiners_dir(self) -> Path:

@@ -114,12 +114,17 @@ def adapt(
         results[name] = _fine_tune(spec, base_dir, run, epochs, learning_rate, seed)
     from ensemble.combine.fitting import fit_combiners
 
-    held_out = run.split.positions(run.dataset, "blend")
-    replayed = run.manifest["adapted_from"].get("calibration_replayed", 0)
+    lab_ids = {str(record.path.resolve()) for record in lab.records}
+    held_out = [run.dataset.records[i].id for i in run.split.positions(run.dataset, "blend")]
+    own = sum(image_id in lab_ids for image_id in held_out)
+    mix = (
+        f" and {len(held_out) - own} base blend images; the referral's guarantees hold for that "
+        "mix, not for the lab's cells alone (--calibration-replay 0 for those)"
+        if len(held_out) > own
+        else ""
+    )
     print(
-        f"adapt: refitting the combiners and the referral on {len(held_out) - replayed} "
-        f"held-out lab cells and {replayed} base blend images; the referral's guarantees hold "
-        "for that mix, not for the lab's cells alone (--calibration-replay 0 for those)",
+        f"adapt: refitting the combiners and the referral on {own} held-out lab cells{mix}",
         file=sys.stderr,
     )
     fit_combiners(run, tta=teacher.fitted_with_tta_, members=list(teacher.members_))

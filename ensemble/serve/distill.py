@@ -66,12 +66,19 @@ def distill(
 
     Raises:
         RunError: ``base`` is not fitted, or ``out`` holds a run distilled from something else.
-        ConfigError: ``out`` is ``base``, or ``init_from`` names nothing usable.
+        ConfigError: ``out`` is ``base``, ``base`` maps a lab's colour, or ``init_from`` names
+            nothing usable.
     """
     base_dir, out = RunDir.open(base), Path(out)
     if out.resolve() == base_dir.root.resolve():
         raise ConfigError(f"--out must be a new run directory, not the base run {base_dir.root}")
     teacher = Ensemble.load(base_dir)
+    if teacher.colour_ is not None:
+        raise ConfigError(
+            f"{base_dir.root} maps a lab's colour onto the training images', which would "
+            "map the training images themselves here: distill its base run "
+            f"({base_dir.manifest['adapted_from']['run']}) instead"
+        )
     tta = teacher.fitted_with_tta_ if teacher_tta is None else teacher_tta
     record = {
         "run": str(base_dir.root.resolve()),

@@ -55,7 +55,7 @@ from ensemble.refer.rule import (
     referral_reasons,
 )
 from ensemble.refer.selective import SelectiveClassifier
-from ensemble.run.directory import TEMPERATURES, RunDir
+from ensemble.run.directory import COLOUR, TEMPERATURES, RunDir
 
 #: Images as the ensemble accepts them: uint8 ``(N, H, W, 3)`` at any size, the same images
 #: already resized per input size (``{size: (N, size, size, 3)}``), or image file paths.
@@ -156,6 +156,7 @@ class Ensemble:
         conformal: dict[str, ConformalClassifier] | None = None,
         ood: OodDetector | None = None,
         selective: dict[str, SelectiveClassifier] | None = None,
+        colour: ColourNormaliser | None = None,
     ) -> None:
         self.run = run
         self.classes_ = run.classes
@@ -170,9 +171,7 @@ class Ensemble:
         self.conformal_ = conformal or {}
         self.ood_ = ood
         self.selective_ = selective or {}
-        self.colour_ = None
-        if run.colour_path.is_file():
-            self.colour_ = ColourNormaliser.from_json(json.loads(run.colour_path.read_text()))
+        self.colour_ = colour
         self.combiner_ = self._resolve(combiner or selection.default_combiner)
 
     @classmethod
@@ -224,7 +223,16 @@ class Ensemble:
             for name, file in (calibration.get("selective") or {}).get("models", {}).items()
         }
         return cls(
-            run, selection, temperatures, combiners, hashes, combiner, conformal, ood, selective
+            run,
+            selection,
+            temperatures,
+            combiners,
+            hashes,
+            combiner,
+            conformal,
+            ood,
+            selective,
+            _colour(run),
         )
 
     # What can be asked for.
@@ -437,7 +445,7 @@ class Ensemble:
             rule: the rule that will be used (:meth:`referral_settings`).
             accepted_accuracy: the selective rule's target asked for (``None``: the first).
         """
-        lines = [self.tta_warning(tta)]
+        lines = [self.tta_warning(tta), self.inherited_calibration_note()]
         if rule == "selective":
             lines.append(self.selective_warning(accepted_accuracy))
         elif rule == "conformal":
@@ -458,6 +466,18 @@ class Ensemble:
                     "(--refer conformal would refer every image)"
                 )
         return [line for line in lines if line]
+
+    def inherited_calibration_note(self) -> str | None:
+        """A note for a run adapted without labels: its referral is its base run's."""
+        record = self.run.manifest.get("adapted_from") or {}
+        if not str(record.get("calibration", "")).startswith("inherited"):
+            return None
+        return (
+            f"note: {self.run.root} was adapted without labels: its temperatures, prediction "
+            f"sets, OOD threshold and selective thresholds are those of {record['run']}, fitted "
+            "on the training lab's images before the adaptation; their guarantees are not "
+            "re-established on this lab's images"
+        )
 
     def selective_warning(self, accepted_accuracy: float | None = None) -> str | None:
         """A one-line warning when the selective rule accepts nothing at this target, else None."""
@@ -652,7 +672,8 @@ class Ensemble:
     def images_by_size(self, images: Images) -> dict[int, np.ndarray]:
         """``images`` at every member input size: ``{size: (N, size, size, 3)}``.
 
-        With :attr:`colour_`, the images come back colour-normalised as the members expect.
+        With :attr:`colour_`, the images come back colour-normalised as the members expect —
+        a mapping of already resized images included: every image given is taken as raw.
 
         Raises:
             DataError: a path cannot be decoded, or an array is not ``(N, H, W, 3)``.
@@ -663,6 +684,7 @@ class Ensemble:
         return {size: self.colour_.transform(batch) for size, batch in by_size.items()}
 
     def _images_by_size(self, images: Images) -> dict[int, np.ndarray]:
+        """:meth:`images_by_size` before any colour map."""
         sizes = sorted({self.input_size(name) for name in self.members_})
         if isinstance(images, Mapping):
             missing = [size for size in sizes if size not in images]
@@ -746,3 +768,21 @@ def _decode(path: Path | str) -> np.ndarray:
         return decode_image(Path(path)).pixels
     except UnreadableImage as error:
         raise DataError(f"cannot read image {path}: {error}") from None
+
+
+def _colour(run: RunDir) -> ColourNormaliser | None:
+    """The run's colour map, checked against the hash its manifest recorded (``None``: none).
+
+    Raises:
+        RunError: ``colour.json`` changed since ``adapt`` wrote it, or is not recorded.
+    """
+    if not run.colour_path.is_file():
+        return None
+    recorded = (run.manifest.get("adapted_from") or {}).get("colour_sha256")
+    check_recorded_hashes(
+        {COLOUR: recorded},
+        {COLOUR: file_sha256(run.colour_path)},
+        f"{{changed}} of {run.root} changed since `ensemble adapt` wrote it (or was not written "
+        "by it). Run `ensemble adapt` again into a new folder.",
+    )
+    return ColourNormaliser.from_json(json.loads(run.colour_path.read_text()))
