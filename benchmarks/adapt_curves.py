@@ -215,7 +215,7 @@ def render(results: dict) -> str:
     )
     for lab in labs:
         lines += [f"## Lab `{lab}`", "", header, "|---|---|---|---|---|---|---|"]
-        for key in sorted(k for k in results if k.startswith(f"{lab}/")):
+        for key in sorted((k for k in results if k.startswith(f"{lab}/")), key=_step_order):
             entry = results[key]
             after = entry.get("clean", {}).get("accuracy")
             minutes = entry.get("minutes")
@@ -227,6 +227,16 @@ def render(results: dict) -> str:
             )
         lines += ["", *_curve(results, lab, clean), ""]
     return "\n".join(lines) + "\n"
+
+
+def _step_order(key: str) -> tuple:
+    """Base, the unsupervised steps, then adapt by number of reviewed cells and seed."""
+    step = key.split("/", 1)[1]
+    unsupervised = ["base", "colour", "batchnorm", "colour+batchnorm"]
+    if step in unsupervised:
+        return (0, unsupervised.index(step), 0)
+    _, count, seed = step.split("-")
+    return (1, int(count), int(seed.removeprefix("s")))
 
 
 def _curve(results: dict, lab: str, clean: dict | None) -> list[str]:

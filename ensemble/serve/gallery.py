@@ -540,7 +540,8 @@ def _order_note(order: str) -> str:
         return (
             "Ordered for labelling: the most uncertain and least familiar images first, the "
             "predicted classes taking turns. <code>ensemble adapt</code> needs at least "
-            f"{MIN_PER_CLASS} reviewed cells of every class; 25 to 50 per class is a good start."
+            f"{MIN_PER_CLASS} reviewed cells of every class, and gains more with more: on "
+            "simulated labs 200 reviewed cells bought more than 100 (results/adapt.md)."
         )
     return "Referred images come first; then every other image by rising confidence."
 
