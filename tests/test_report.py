@@ -103,7 +103,7 @@ def test_report_is_rendered_from_metrics_json_alone(fitted_ci_run, synthetic_fol
     details = metrics["member_details"]
     assert details["tiny-ovr"]["kind"] == "ovr" and details["tiny-ovr"]["base_member"] == "tiny-a"
     assert details["tiny-a"]["backbone"] == "simplecnn"
-    assert "| tiny-a | mobilenetv3small 32 px | dihedral + RandAugment 0.2×1 | from scratch |" in (
+    assert "| tiny-a | simplecnn 32 px | dihedral + RandAugment 0.2×1 | from scratch |" in (
         render_markdown(metrics)
     )
     # metrics.json written before the details were recorded: the member table says "-".
@@ -142,6 +142,7 @@ def test_report_without_copies_prints_a_line_per_step(
             out,
             "--no-shifted",
             "--no-zoomed",
+            "--no-medmnistc",
         ],
         capsys,
     )

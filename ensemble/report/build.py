@@ -420,6 +420,7 @@ def build_report(
         "zoomed": zoomed_models,
         "medmnistc": suite_models,
         "medmnistc_by_kind": suite_by_kind,
+        "medmnistc_kinds": list(next(iter(suite_by_kind.values()), {})),
         "tta": tta,
         "combiners_fitted_with_tta": ensemble.fitted_with_tta_,
         "combiners_fitted_on_shift_copies": ensemble.fitted_on_shift_copies_,

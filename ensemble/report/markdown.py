@@ -329,7 +329,7 @@ def _shifted(metrics: dict) -> list[str]:
             "0.7–0.85× smaller), seeded like the shifted copy."
         )
     if "medmnistc" in copies:
-        suite = list(next(iter(metrics.get("medmnistc_by_kind", {}).values()), {}))
+        suite = _suite_kinds(metrics)
         lines.append(
             "The MedMNIST-C copy applies the corruption suite of Di Salvo et al. (2024) for "
             f"BloodMNIST at severity 3 of 5, its {len(suite)} kinds one per image in turn: a "
@@ -366,7 +366,7 @@ def _shifted(metrics: dict) -> list[str]:
             lines.append(f"| {model} | " + " | ".join(f"{values[k]:.4f}" for k in kinds) + " |")
     suite_by_kind = metrics.get("medmnistc_by_kind", {})
     if suite_by_kind:
-        kinds = list(next(iter(suite_by_kind.values())))
+        kinds = _suite_kinds(metrics)
         lines += [
             "",
             "Accuracy on the MedMNIST-C copy, by kind:",
@@ -378,6 +378,12 @@ def _shifted(metrics: dict) -> list[str]:
             values = suite_by_kind[model]
             lines.append(f"| {model} | " + " | ".join(f"{values[k]:.4f}" for k in kinds) + " |")
     return lines
+
+
+def _suite_kinds(metrics: dict) -> list[str]:
+    """The MedMNIST-C kinds in the suite's order (metrics.json's objects come back sorted)."""
+    by_kind = metrics.get("medmnistc_by_kind") or {}
+    return list(metrics.get("medmnistc_kinds") or next(iter(by_kind.values()), {}))
 
 
 #: How the report names each copy of the images.
