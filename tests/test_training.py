@@ -148,6 +148,7 @@ def test_pretrained_two_phases_freeze_then_unfreeze(data, tmp_path):
     spec = member_spec_from_dict(
         TINY
         | {
+            "backbone": "mobilenetv3small",  # a Keras application: the small CNN has no weights
             "weights": str(weights),
             "finetune": {"head_epochs": 1, "epochs": 1, "learning_rate": 8e-5},
         }
