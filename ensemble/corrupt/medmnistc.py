@@ -108,11 +108,6 @@ def kinds() -> list[str]:
     return shared_suite().kinds()
 
 
-def corrupted_copy(images: np.ndarray, kind: str, severity: int, seed: int = 0) -> np.ndarray:
-    """One corrupted copy (see :meth:`Suite.corrupt`)."""
-    return shared_suite().corrupt(images, kind, severity, seed)
-
-
 # What runs in the suite's process.
 
 
@@ -190,7 +185,7 @@ def suite_copy(
     Raises:
         ImportError: ``medmnistc`` is not installed.
     """
-    from ensemble.data.images import crop_and_resize
+    from ensemble.corrupt.shifts import at_every_size
 
     largest = images[max(images)]
     corrupted = np.empty_like(largest)
@@ -201,10 +196,4 @@ def suite_copy(
         chosen = np.array([name == kind for name in applied])
         if chosen.any():
             corrupted[chosen] = suite.corrupt(largest[chosen], kind, severity, seed)
-    by_size = {
-        size: corrupted
-        if size == max(images)
-        else np.stack([crop_and_resize(image, size) for image in corrupted])
-        for size in images
-    }
-    return by_size, applied
+    return at_every_size(corrupted, images), applied

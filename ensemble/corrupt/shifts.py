@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ensemble.corrupt.kinds import CORRUPTIONS, EVALUATION, KINDS
-from ensemble.data.images import crop_and_resize
+from ensemble.data.images import crop_and_resize_all
 
 #: The kinds of the shifted copy, in the order images are given them.
 SHIFTS = ("stain", "blur", "jpeg", "noise", "exposure", "rotation", "hue")
@@ -73,10 +73,15 @@ def shifted_images(
     pictures. ``kinds=(ZOOM,)`` makes the zoomed copy (every image zoomed). Returns the shifted
     images per size and the shift applied to each image.
     """
-    largest = max(images)
-    shifted, kinds = shifted_copy(images[largest], seed, kinds=kinds)
-    by_size = {
-        size: shifted if size == largest else np.stack([crop_and_resize(i, size) for i in shifted])
-        for size in images
-    }
-    return by_size, kinds
+    shifted, kinds = shifted_copy(images[max(images)], seed, kinds=kinds)
+    return at_every_size(shifted, images), kinds
+
+
+def at_every_size(copy: np.ndarray, sizes) -> dict[int, np.ndarray]:
+    """A copy made at the largest of ``sizes``, resized to each of them (itself at the largest).
+
+    Every copy of the report (shifted, zoomed, MedMNIST-C) is made once, at the largest member
+    input size, so every member sees the same pictures.
+    """
+    largest = max(sizes)
+    return {size: copy if size == largest else crop_and_resize_all(copy, size) for size in sizes}

@@ -117,6 +117,11 @@ def crop_and_resize(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(resized, dtype=np.uint8)
 
 
+def crop_and_resize_all(images, size: int) -> np.ndarray:
+    """Every image (``(H, W, 3)``; sizes may differ) through :func:`crop_and_resize`, stacked."""
+    return np.stack([crop_and_resize(np.asarray(image, np.uint8), size) for image in images])
+
+
 def _read_bytes(path: Path) -> bytes:
     try:
         return Path(path).read_bytes()

@@ -354,29 +354,27 @@ def _shifted(metrics: dict) -> list[str]:
     by_kind = metrics.get("shifted_by_kind", {})
     if by_kind:
         kinds = metrics.get("shift_kinds") or list(next(iter(by_kind.values())))
-        lines += [
-            "",
-            "Accuracy on the shifted copy, by shift (each image gets one shift, in turn):",
-            "",
-            "| model | " + " | ".join(kinds) + " |",
-            "|---|" + "---|" * len(kinds),
-        ]
-        for model in [m for m in model_names(metrics) if m in by_kind]:
-            values = by_kind[model]
-            lines.append(f"| {model} | " + " | ".join(f"{values[k]:.4f}" for k in kinds) + " |")
+        caption = "Accuracy on the shifted copy, by shift (each image gets one shift, in turn):"
+        lines += _by_kind_table(metrics, caption, by_kind, kinds)
     suite_by_kind = metrics.get("medmnistc_by_kind", {})
     if suite_by_kind:
-        kinds = _suite_kinds(metrics)
-        lines += [
-            "",
-            "Accuracy on the MedMNIST-C copy, by kind:",
-            "",
-            "| model | " + " | ".join(kinds) + " |",
-            "|---|" + "---|" * len(kinds),
-        ]
-        for model in [m for m in model_names(metrics) if m in suite_by_kind]:
-            values = suite_by_kind[model]
-            lines.append(f"| {model} | " + " | ".join(f"{values[k]:.4f}" for k in kinds) + " |")
+        caption = "Accuracy on the MedMNIST-C copy, by kind:"
+        lines += _by_kind_table(metrics, caption, suite_by_kind, _suite_kinds(metrics))
+    return lines
+
+
+def _by_kind_table(metrics: dict, caption: str, by_kind: dict, kinds: list[str]) -> list[str]:
+    """A copy's accuracy per kind of corruption, one row per model that has it."""
+    lines = [
+        "",
+        caption,
+        "",
+        "| model | " + " | ".join(kinds) + " |",
+        "|---|" + "---|" * len(kinds),
+    ]
+    for model in [m for m in model_names(metrics) if m in by_kind]:
+        values = by_kind[model]
+        lines.append(f"| {model} | " + " | ".join(f"{values[k]:.4f}" for k in kinds) + " |")
     return lines
 
 

@@ -34,7 +34,7 @@ from ensemble.core.hashes import file_sha256
 from ensemble.core.progress import stage
 from ensemble.core.version import FORMAT_VERSION, __version__
 from ensemble.data.colour import METHODS, ColourNormaliser
-from ensemble.data.images import UnreadableImage, crop_and_resize, decode_image
+from ensemble.data.images import UnreadableImage, crop_and_resize_all, decode_image
 from ensemble.data.sources import load_dataset
 from ensemble.members.batchnorm import class_balance_warning, reestimate_batchnorm
 from ensemble.run.directory import COLOUR, MANIFEST, SELECTION, RunDir
@@ -100,12 +100,12 @@ def adapt_unlabelled(
     if colour is not None:
         stage("adapt", f"colour statistics of {len(native)} lab images and the training images")
         normaliser = ColourNormaliser.fit(
-            _at_size(native, STATISTICS_SIZE), _reference_images(base_dir, seed), seed
+            crop_and_resize_all(native, STATISTICS_SIZE), _reference_images(base_dir, seed), seed
         )
         atomic_write_json(out / COLOUR, normaliser.to_json())
 
     def as_members_see(size: int) -> np.ndarray:
-        images = _at_size(native, size)
+        images = crop_and_resize_all(native, size)
         return images if normaliser is None else normaliser.transform(images)
 
     new_hashes = dict(teacher.member_hashes_)
@@ -176,11 +176,6 @@ def _trained_members(base: RunDir) -> list[str]:
     return [name for name in base.manifest["members"] if base.is_finished(name)]
 
 
-def _at_size(native: list[np.ndarray], size: int) -> np.ndarray:
-    """Images at their own size, centre-cropped and resized to ``size`` as predict does."""
-    return np.stack([crop_and_resize(pixels, size) for pixels in native])
-
-
 def _read_folder(folder: Path) -> tuple[list[np.ndarray], list[str]]:
     """The folder's readable images at their own size, and the files left out."""
     if not folder.is_dir():
@@ -210,14 +205,8 @@ def _reference_images(base: RunDir, seed: int) -> np.ndarray:
     positions = run.split.positions(run.dataset, "train")
     rng = np.random.default_rng(seed)
     chosen = rng.choice(positions, size=min(REFERENCE_IMAGES, len(positions)), replace=False)
-    return np.stack(
-        [
-            crop_and_resize(
-                run.dataset.decode(run.dataset.records[int(i)], None).pixels, STATISTICS_SIZE
-            )
-            for i in sorted(chosen)
-        ]
-    )
+    decoded = (run.dataset.decode(run.dataset.records[int(i)], None).pixels for i in sorted(chosen))
+    return crop_and_resize_all(decoded, STATISTICS_SIZE)
 
 
 def _copy_combiners(base: RunDir, out: Path, old: dict, new: dict) -> None:

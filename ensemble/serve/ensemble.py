@@ -37,7 +37,7 @@ from ensemble.core.console import verbose as console_verbose
 from ensemble.core.errors import ConfigError, DataError, RunError, did_you_mean
 from ensemble.core.hashes import check_recorded_hashes, file_sha256
 from ensemble.data.colour import ColourNormaliser
-from ensemble.data.images import UnreadableImage, crop_and_resize, decode_image
+from ensemble.data.images import UnreadableImage, crop_and_resize_all, decode_image
 from ensemble.members.outputs import member_model, member_outputs
 from ensemble.refer.conformal import (
     ConformalClassifier,
@@ -760,7 +760,7 @@ def _resized(images: np.ndarray | list[np.ndarray], size: int) -> np.ndarray:
     """Every image centre-cropped to a square and resized to ``size`` (as when decoding)."""
     if isinstance(images, np.ndarray) and images.shape[1:3] == (size, size):
         return images.astype(np.uint8, copy=False)
-    return np.stack([crop_and_resize(np.asarray(image, np.uint8), size) for image in images])
+    return crop_and_resize_all(images, size)
 
 
 def _decode(path: Path | str) -> np.ndarray:
