@@ -410,40 +410,62 @@ def adapt(
     unlabelled: Annotated[
         Path | None,
         typer.Option(
-            help="A folder of the lab's images, no labels, for --colour and --batchnorm "
-            "(without --labelled)."
+            help="A folder of the lab's images, no labels: for --colour and --batchnorm alone, "
+            "or, with --labelled, more images for the colour map's statistics."
         ),
     ] = None,
     colour: Annotated[
         str | None,
         typer.Option(
-            help=f"Map the lab's colour onto the training images' ({', '.join(COLOUR_METHODS)})."
+            help=f"Map the lab's colour onto the training images' ({', '.join(COLOUR_METHODS)}); "
+            "with --labelled, before fine-tuning."
         ),
     ] = None,
     batchnorm: Annotated[
         bool,
         typer.Option(
-            "--batchnorm", help="Re-estimate the members' batch-norm statistics on --unlabelled."
+            "--batchnorm",
+            help="Re-estimate the members' batch-norm statistics on --unlabelled (without "
+            "--labelled: fine-tuning re-estimates them itself).",
         ),
     ] = False,
     data_root: DataRootOption = None,
     epochs: Annotated[
-        int, typer.Option(min=1, help="Fine-tuning epochs per member.")
-    ] = adapt_settings.DEFAULT_EPOCHS,
+        int | None,
+        typer.Option(
+            min=1,
+            help=f"Fine-tuning epochs per member [default: {adapt_settings.DEFAULT_EPOCHS}; "
+            "with --labelled].",
+            show_default=False,
+        ),
+    ] = None,
     learning_rate: Annotated[
-        float, typer.Option(help="Fine-tuning learning rate.")
-    ] = adapt_settings.DEFAULT_LEARNING_RATE,
+        float | None,
+        typer.Option(
+            help="Fine-tuning learning rate [default: "
+            f"{adapt_settings.DEFAULT_LEARNING_RATE}; with --labelled].",
+            show_default=False,
+        ),
+    ] = None,
     replay: Annotated[
-        float, typer.Option(min=0, help="Base training images mixed in per lab training image.")
-    ] = adapt_settings.DEFAULT_REPLAY,
+        float | None,
+        typer.Option(
+            min=0,
+            help="Base training images mixed in per lab training image [default: "
+            f"{adapt_settings.DEFAULT_REPLAY}; with --labelled].",
+            show_default=False,
+        ),
+    ] = None,
     calibration_replay: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=0,
             help="Base blend images calibrated on beside the lab's held-out cells (0: the "
-            "lab's cells alone).",
+            f"lab's cells alone) [default: {adapt_settings.DEFAULT_CALIBRATION_REPLAY}; with "
+            "--labelled].",
+            show_default=False,
         ),
-    ] = adapt_settings.DEFAULT_CALIBRATION_REPLAY,
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the lab's split and the replay.")] = 0,
 ) -> None:
     """Make a fitted run work in a lab: fine-tune on its reviewed cells, or map its images."""
@@ -452,13 +474,22 @@ def adapt(
             "adapt needs the lab's cells: --labelled reviewed.csv (fine-tune), or --unlabelled "
             "DIR with --colour reinhard and/or --batchnorm"
         )
-    if labelled is not None and (unlabelled is not None or colour or batchnorm):
-        raise ConfigError(
-            "--unlabelled, --colour and --batchnorm adapt a run without labels; with "
-            "--labelled cells the fine-tuned members learn the lab's colour and statistics "
-            "themselves. Give one or the other."
-        )
+    fine_tuning = {
+        "--data-root": data_root,
+        "--epochs": epochs,
+        "--learning-rate": learning_rate,
+        "--replay": replay,
+        "--calibration-replay": calibration_replay,
+    }
     if labelled is None:
+        given = [option for option, value in fine_tuning.items() if value is not None]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} set{'s' if len(given) == 1 else ''} how reviewed cells are "
+                "fine-tuned on; without --labelled nothing is fine-tuned. Add --labelled "
+                "reviewed.csv, or leave "
+                f"{'it' if len(given) == 1 else 'them'} out."
+            )
         from ensemble.serve.adapt_unlabelled import adapt_unlabelled
 
         done = adapt_unlabelled(run, unlabelled, out, colour=colour, batchnorm=batchnorm, seed=seed)
@@ -466,6 +497,12 @@ def adapt(
         typer.echo(f"{' and '.join(steps)} from {done['images']} lab images")
         typer.echo(f"adapted run: {out} (predict, report: --run {out})")
         return
+    if batchnorm:
+        raise ConfigError(
+            "--batchnorm re-estimates batch-norm statistics without labels; with --labelled "
+            "cells the fine-tuning re-estimates them on the lab's cells itself. Leave "
+            "--batchnorm out (--colour reinhard does combine with --labelled)."
+        )
     from ensemble.serve.adapt import adapt as adapt_run
 
     results = adapt_run(
@@ -473,10 +510,18 @@ def adapt(
         labelled,
         out,
         data_root=data_root,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        replay=replay,
-        calibration_replay=calibration_replay,
+        colour=colour,
+        unlabelled=unlabelled,
+        epochs=adapt_settings.DEFAULT_EPOCHS if epochs is None else epochs,
+        learning_rate=(
+            adapt_settings.DEFAULT_LEARNING_RATE if learning_rate is None else learning_rate
+        ),
+        replay=adapt_settings.DEFAULT_REPLAY if replay is None else replay,
+        calibration_replay=(
+            adapt_settings.DEFAULT_CALIBRATION_REPLAY
+            if calibration_replay is None
+            else calibration_replay
+        ),
         seed=seed,
     )
     for name, metrics in results.items():

@@ -132,3 +132,58 @@ def test_the_adapted_runs_report_shows_its_base_beside_it(adapted, tmp_path, cap
     assert "## Adapted run and its base on these images" in report
     assert "McNemar, base vs adapted:" in report
     assert 'id="adapted"' in (tmp_path / "r/report.html").read_text()
+
+
+def test_colour_mapped_fine_tuning_maps_the_cells_and_every_image_after(
+    fitted_ci_run, synthetic_folder, tmp_path
+):
+    """--labelled with --colour: fine-tuned on mapped cells; the new run maps what it is given."""
+    from ensemble import Ensemble
+    from ensemble.data.colour import ColourNormaliser
+    from tests.conftest import run_cli_captured
+
+    reviewed = _lab(tmp_path / "lab", synthetic_folder)
+    more = tmp_path / "more"
+    more.mkdir()
+    for path in sorted((tmp_path / "lab").glob("*.png"))[:30]:
+        (more / path.name).write_bytes(path.read_bytes())
+    out = tmp_path / "run"
+    args = ["adapt", "--run", fitted_ci_run, "--labelled", reviewed, "--out", out]
+    args += ["--colour", "reinhard", "--unlabelled", more, "--epochs", "1"]
+    code, _, err = run_cli_captured(args)
+    assert code == 0, err
+    recorded = json.loads((out / "manifest.json").read_text())["adapted_from"]
+    assert recorded["colour"] == "reinhard"
+    colour_file = (out / "colour.json").read_bytes()
+    assert recorded["colour_sha256"] == hashlib.sha256(colour_file).hexdigest()
+    normaliser = ColourNormaliser.from_json(json.loads((out / "colour.json").read_text()))
+    # the data the members were fine-tuned and calibrated on lists the mapped cells, not the raw
+    data = (out / "data.csv").read_text()
+    assert str(tmp_path / "lab") not in data and str(out / "lab-cells") in data
+    mapped = sorted((out / "lab-cells").glob("*.png"))
+    assert len(mapped) == 64
+    first_raw = sorted((tmp_path / "lab").glob("*.png"))[0]
+    raw = np.asarray(Image.open(first_raw).convert("RGB"))
+    stored = np.asarray(Image.open(mapped[0]).convert("RGB"))
+    np.testing.assert_array_equal(stored, normaliser.transform(raw))
+    # the mapped cells carry the training images' colour statistics
+    from ensemble.data.colour import channel_statistics
+
+    cells = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in mapped])
+    mean, _ = channel_statistics(cells)
+    np.testing.assert_allclose(mean, normaliser.reference_mean, atol=0.05)
+    ensemble = Ensemble.load(out)
+    assert ensemble.colour_ is not None
+    by_size = ensemble.images_by_size(raw[None])
+    size = next(iter(by_size))
+    assert by_size[size].shape[0] == 1
+    # and a rerun resumes: nothing is mapped again
+    before = _digests(out)
+    code, _, err = run_cli_captured(args)
+    assert code == 0, err
+    after = _digests(out)
+    for name in ("colour.json", "lab-cells.csv", "data.csv", "split.json"):
+        assert after[name] == before[name]
+    assert {k: v for k, v in after.items() if k.startswith("lab-cells/")} == {
+        k: v for k, v in before.items() if k.startswith("lab-cells/")
+    }

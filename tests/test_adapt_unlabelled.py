@@ -106,7 +106,20 @@ def test_the_report_sets_the_unlabelled_adaptation_beside_its_base(
     [
         ([], "--unlabelled needs something to do with the images: --colour reinhard"),
         (["--colour", "macenko"], "unknown colour normalisation 'macenko'. Choose from"),
-        (["--colour", "reinhard", "--labelled", "x.csv"], "Give one or the other."),
+        (
+            ["--colour", "reinhard", "--epochs", "3"],
+            "--epochs sets how reviewed cells are fine-tuned on; without --labelled nothing is",
+        ),
+        (
+            ["--colour", "reinhard", "--replay", "1", "--data-root", "."],
+            "--data-root, --replay set how reviewed cells are fine-tuned on",
+        ),
+        (
+            ["--batchnorm", "--labelled", "x.csv"],
+            "with --labelled cells the fine-tuning re-estimates them on the lab's cells itself",
+        ),
+        (["--labelled", "x.csv"], "add --colour reinhard, or leave --unlabelled out"),
+        (["--colour", "hed", "--labelled", "x.csv"], "unknown colour normalisation 'hed'"),
         (["--colour", "reinhard", "--out-is-base"], "not the base run"),
     ],
 )

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ensemble.core.fileio import atomic_write_bytes
+
 #: File name endings that are treated as images when walking a folder.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
 
@@ -120,6 +122,13 @@ def crop_and_resize(rgb: np.ndarray, size: int) -> np.ndarray:
 def crop_and_resize_all(images, size: int) -> np.ndarray:
     """Every image (``(H, W, 3)``; sizes may differ) through :func:`crop_and_resize`, stacked."""
     return np.stack([crop_and_resize(np.asarray(image, np.uint8), size) for image in images])
+
+
+def save_png(rgb: np.ndarray, path: Path | str) -> None:
+    """Write an RGB ``uint8`` ``(H, W, 3)`` array to ``path`` as a PNG, atomically (lossless)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(rgb, np.uint8)).save(buffer, "PNG")
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _read_bytes(path: Path) -> bytes:

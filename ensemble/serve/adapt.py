@@ -19,6 +19,13 @@ derives a new run from the base run — the base is only read, its members' hash
    its own augmentation; one-vs-rest heads are retrained on their fine-tuned base member;
 4. the combiners are fitted as fit-stacker would, with the base run's members and TTA setting.
 
+With ``colour="reinhard"`` the lab's colour is first mapped onto the training images' (the
+map fitted on the reviewed cells, and on an ``unlabelled`` folder of the lab's images when one
+is given; :mod:`ensemble.serve.lab_colour`): the members are fine-tuned and the referral
+calibrated on the mapped cells (written to ``lab-cells/``), and the new run maps every image
+it is given, as a run made by ``adapt --unlabelled --colour`` does. The base replay is not
+mapped: it is in the training images' colours already.
+
 The new run is a run like any other (``predict``, ``report``, the API, ``--ray``); it lists its
 images in ``data.csv`` (absolute paths), so it does not depend on the folder it was made from.
 Interrupted, it resumes from the members' checkpoints.
@@ -26,6 +33,7 @@ Interrupted, it resumes from the members' checkpoints.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -34,14 +42,17 @@ import numpy as np
 
 from ensemble.core.errors import ConfigError, DataError, did_you_mean
 from ensemble.core.fileio import atomic_write_json, atomic_write_text
+from ensemble.core.hashes import file_sha256
+from ensemble.core.progress import stage
 from ensemble.core.version import FORMAT_VERSION, __version__
+from ensemble.data.images import save_png
 from ensemble.data.sources import Dataset, load_dataset
 from ensemble.data.split import Split, make_split, save_split
 from ensemble.members.layout import MemberDir
 from ensemble.members.ovr import train_ovr_member
 from ensemble.members.specs import MemberSpec
 from ensemble.members.training import TrainingData, train_member
-from ensemble.run.directory import MANIFEST, RunDir
+from ensemble.run.directory import COLOUR, MANIFEST, RunDir
 from ensemble.serve.adapt_settings import (
     DEFAULT_CALIBRATION_REPLAY,
     DEFAULT_EPOCHS,
@@ -51,6 +62,16 @@ from ensemble.serve.adapt_settings import (
     MIN_PER_CLASS,
 )
 from ensemble.serve.ensemble import Ensemble
+from ensemble.serve.lab_colour import (
+    check_base_unmapped,
+    check_method,
+    fit_lab_colour,
+    read_image_folder,
+)
+
+#: The colour-mapped copies of the reviewed cells (``colour="reinhard"``), and their list.
+LAB_CELLS = "lab-cells"
+LAB_CELLS_CSV = "lab-cells.csv"
 
 
 def adapt(
@@ -59,6 +80,8 @@ def adapt(
     out: Path | str,
     *,
     data_root: Path | str | None = None,
+    colour: str | None = None,
+    unlabelled: Path | str | None = None,
     epochs: int = DEFAULT_EPOCHS,
     learning_rate: float = DEFAULT_LEARNING_RATE,
     replay: float = DEFAULT_REPLAY,
@@ -73,6 +96,10 @@ def adapt(
             classes).
         out: the new run directory (an existing one made from the same base and cells resumes).
         data_root: the folder the CSV's relative paths start from (default: the CSV's folder).
+        colour: ``"reinhard"`` to map the lab's colour onto the training images' before
+            fine-tuning (the new run then maps every image it is given).
+        unlabelled: a folder of more of the lab's images, unlabelled, whose colour statistics
+            join the reviewed cells' (only with ``colour``).
         epochs: fine-tuning epochs of every CNN member.
         learning_rate: the fine-tuning rate (constant after no warm-up; cosine to 1 %).
         replay: base training images mixed in per lab training image.
@@ -90,6 +117,12 @@ def adapt(
             class with fewer than :data:`MIN_PER_CLASS` cells.
         ConfigError: ``out`` is the base run, or a bad setting.
     """
+    check_method(colour)
+    if unlabelled is not None and colour is None:
+        raise ConfigError(
+            "with --labelled cells, --unlabelled images serve the colour map's statistics: "
+            "add --colour reinhard, or leave --unlabelled out"
+        )
     base_dir, out = RunDir.open(base), Path(out)
     if out.resolve() == base_dir.root.resolve():
         raise ConfigError(f"--out must be a new run directory, not the base run {base_dir.root}")
@@ -100,10 +133,16 @@ def adapt(
             f"learning_rate={learning_rate}, replay={replay}, "
             f"calibration_replay={calibration_replay}"
         )
+    if colour is not None:
+        check_base_unmapped(base_dir)
     teacher = Ensemble.load(base_dir)
     lab = load_dataset(labelled, root=data_root)
     _check_labels(lab, base_dir.classes)
     base_data = load_dataset(base_dir.data_source())
+    if not (out / MANIFEST).is_file():
+        _warn_copies(lab, base_data)
+    if colour is not None:
+        lab = _colour_mapped(lab, base_dir, out, unlabelled, seed)
     run = _adapted_run(base_dir, teacher, base_data, lab, out, (replay, calibration_replay), seed)
     results = {}
     for name in run.manifest["members"]:
@@ -162,14 +201,6 @@ def _adapted_run(base: RunDir, teacher, base_data, lab, out: Path, replays, seed
         return run.with_data(load_dataset(out / "data.csv"))
     out.mkdir(parents=True, exist_ok=True)
     base_run = base.with_data(base_data)
-    trained_on = {record.content_hash for record in base_data.records}
-    copies = [record.id for record in lab.records if record.content_hash in trained_on]
-    if copies:
-        print(
-            f"adapt: warning: {len(copies)} reviewed cells are byte-identical to images of the "
-            f"base run's data (e.g. {copies[0]}); they teach the lab nothing new",
-            file=sys.stderr,
-        )
     replay, calibration_replay = replays
     count = len(lab.records) * LAB_FRACTIONS["train"] * replay
     replayed = _replay_sample(base_run, "train", count, seed)
@@ -218,8 +249,52 @@ def _adapted_run(base: RunDir, teacher, base_data, lab, out: Path, replays, seed
             "validation_replayed": len(watching),
         },
     }
+    if (out / COLOUR).is_file():
+        manifest["adapted_from"]["colour"] = json.loads((out / COLOUR).read_text())["method"]
+        manifest["adapted_from"]["colour_sha256"] = file_sha256(out / COLOUR)
     atomic_write_json(out / MANIFEST, manifest)  # last: marks the run as created
     return RunDir.open(out).with_data(combined)
+
+
+def _warn_copies(lab: Dataset, base_data: Dataset) -> None:
+    """Warn about reviewed cells byte-identical to the base run's images."""
+    trained_on = {record.content_hash for record in base_data.records}
+    copies = [record.id for record in lab.records if record.content_hash in trained_on]
+    if copies:
+        print(
+            f"adapt: warning: {len(copies)} reviewed cells are byte-identical to images of the "
+            f"base run's data (e.g. {copies[0]}); they teach the lab nothing new",
+            file=sys.stderr,
+        )
+
+
+def _colour_mapped(
+    lab: Dataset, base: RunDir, out: Path, unlabelled: Path | str | None, seed: int
+) -> Dataset:
+    """The reviewed cells with the lab's colour mapped onto the training images'.
+
+    Fits the map on the cells (and the ``unlabelled`` folder's images), writes it to
+    ``colour.json``, the mapped cells as PNG to ``lab-cells/`` and their list to
+    ``lab-cells.csv`` (last: a rerun finds it and reads it back instead of mapping again).
+    """
+    listed = out / LAB_CELLS_CSV
+    if listed.is_file():
+        return load_dataset(listed)
+    out.mkdir(parents=True, exist_ok=True)
+    cells = [lab.decode(record, None).pixels for record in lab.records]
+    extra = read_image_folder(Path(unlabelled))[0] if unlabelled is not None else []
+    stage("adapt", f"colour statistics of {len(cells) + len(extra)} lab images")
+    normaliser = fit_lab_colour(base, cells + extra, seed)
+    atomic_write_json(out / COLOUR, normaliser.to_json())
+    folder = out / LAB_CELLS
+    folder.mkdir(exist_ok=True)
+    rows = []
+    for index, (record, pixels) in enumerate(zip(lab.records, cells, strict=True)):
+        path = folder / f"{index:05d}-{record.path.stem}.png"
+        save_png(normaliser.transform(pixels), path)
+        rows.append(f"{_csv_cell(str(path.resolve()))},{record.label}\n")
+    atomic_write_text(listed, "path,label\n" + "".join(rows))
+    return load_dataset(listed)
 
 
 def _replay_sample(base_run, split: str, count: float, seed: int) -> list:

@@ -28,19 +28,21 @@ from pathlib import Path
 import numpy as np
 
 from ensemble.core.artifacts import load_keras_model
-from ensemble.core.errors import ConfigError, DataError
+from ensemble.core.errors import ConfigError
 from ensemble.core.fileio import atomic_write_json, atomic_write_text, save_model_atomically
 from ensemble.core.hashes import file_sha256
 from ensemble.core.progress import stage
 from ensemble.core.version import FORMAT_VERSION, __version__
-from ensemble.data.colour import METHODS, ColourNormaliser
-from ensemble.data.images import UnreadableImage, crop_and_resize_all, decode_image
-from ensemble.data.sources import load_dataset
+from ensemble.data.images import crop_and_resize_all
 from ensemble.members.batchnorm import class_balance_warning, reestimate_batchnorm
 from ensemble.run.directory import COLOUR, MANIFEST, SELECTION, RunDir
-from ensemble.serve.adapt_settings import MIN_IMAGES, REFERENCE_IMAGES, STATISTICS_SIZE
 from ensemble.serve.ensemble import Ensemble
-from ensemble.serve.predict import iter_files
+from ensemble.serve.lab_colour import (
+    check_base_unmapped,
+    check_method,
+    fit_lab_colour,
+    read_image_folder,
+)
 
 #: Marks a folder this command is making: only such a folder is ever emptied on a rerun.
 INCOMPLETE = ".adapt-incomplete"
@@ -72,24 +74,20 @@ def adapt_unlabelled(
     Raises:
         ConfigError: neither option, an unknown colour method, ``out`` is the base run or an
             existing run.
-        DataError: fewer than :data:`MIN_IMAGES` readable images in ``unlabelled``.
+        DataError: fewer than :data:`~ensemble.serve.adapt_settings.MIN_IMAGES` readable
+            images in ``unlabelled``.
     """
     if colour is None and not batchnorm:
         raise ConfigError(
             "--unlabelled needs something to do with the images: --colour reinhard, "
             "--batchnorm, or both (or give --labelled cells to fine-tune on)"
         )
-    if colour is not None and colour not in METHODS:
-        raise ConfigError(f"unknown colour normalisation {colour!r}. Choose from {list(METHODS)}")
+    check_method(colour)
     base_dir, out = RunDir.open(base), Path(out)
     _check_out(out, base_dir, Path(unlabelled))
-    if base_dir.colour_path.is_file():
-        raise ConfigError(
-            f"the base run {base_dir.root} already maps a lab's colour; adapt from the run it "
-            f"was made from ({base_dir.manifest.get('adapted_from', {}).get('run')})"
-        )
+    check_base_unmapped(base_dir)
     teacher = Ensemble.load(base_dir)
-    native, skipped = _read_folder(Path(unlabelled))
+    native, skipped = read_image_folder(Path(unlabelled))
     notes: list[str] = []
     out.mkdir(parents=True, exist_ok=True)
     (out / INCOMPLETE).write_text("ensemble adapt has not finished this run\n")
@@ -99,9 +97,7 @@ def adapt_unlabelled(
     normaliser = None
     if colour is not None:
         stage("adapt", f"colour statistics of {len(native)} lab images and the training images")
-        normaliser = ColourNormaliser.fit(
-            crop_and_resize_all(native, STATISTICS_SIZE), _reference_images(base_dir, seed), seed
-        )
+        normaliser = fit_lab_colour(base_dir, native, seed)
         atomic_write_json(out / COLOUR, normaliser.to_json())
 
     def as_members_see(size: int) -> np.ndarray:
@@ -174,39 +170,6 @@ def _check_out(out: Path, base: RunDir, unlabelled: Path) -> None:
 def _trained_members(base: RunDir) -> list[str]:
     """Every trained member of the base (a one-vs-rest member's base stage among them)."""
     return [name for name in base.manifest["members"] if base.is_finished(name)]
-
-
-def _read_folder(folder: Path) -> tuple[list[np.ndarray], list[str]]:
-    """The folder's readable images at their own size, and the files left out."""
-    if not folder.is_dir():
-        raise DataError(f"--unlabelled {folder} is not a folder of images")
-    images, skipped = [], []
-    for path in iter_files(folder):
-        try:
-            pixels = decode_image(path).pixels
-        except UnreadableImage as error:
-            skipped.append(f"{path} ({error})")
-            continue
-        images.append(pixels)
-    if skipped:
-        listed = "; ".join(skipped[:5])
-        print(f"adapt: {len(skipped)} unreadable files left out: {listed}", file=sys.stderr)
-    if len(images) < MIN_IMAGES:
-        raise DataError(
-            f"--unlabelled {folder} holds {len(images)} readable images; the lab's statistics "
-            f"need at least {MIN_IMAGES} (a few hundred, classes mixed, is better)"
-        )
-    return images, skipped
-
-
-def _reference_images(base: RunDir, seed: int) -> np.ndarray:
-    """Up to :data:`REFERENCE_IMAGES` of the base run's training images, seeded."""
-    run = base.with_data(load_dataset(base.data_source()))
-    positions = run.split.positions(run.dataset, "train")
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(positions, size=min(REFERENCE_IMAGES, len(positions)), replace=False)
-    decoded = (run.dataset.decode(run.dataset.records[int(i)], None).pixels for i in sorted(chosen))
-    return crop_and_resize_all(decoded, STATISTICS_SIZE)
 
 
 def _copy_combiners(base: RunDir, out: Path, old: dict, new: dict) -> None:
