@@ -19,7 +19,10 @@ referral rule:
 - ``adapt-N-sS``: ``ensemble adapt`` with N reviewed cells drawn from the lab's val copy (equal
   per class, as the labelling review order spreads them), seed S; the adapted run is also
   scored on the clean test split at ``--forgetting-at`` reviewed cells (does it forget the
-  training lab?).
+  training lab?);
+- ``colour+adapt-N-sS`` (for N in ``--colour-sizes``): the same cells, fine-tuned on after the
+  lab's colour is mapped onto the training images' (``adapt --labelled --colour reinhard
+  --unlabelled LAB-val``: the map's statistics from the lab's whole val copy, unlabelled).
 
 Each entry is saved as soon as it is measured; a rerun skips what ``--out`` already holds.
 """
@@ -42,6 +45,7 @@ from ensemble.data.colour import ColourNormaliser
 from ensemble.data.sources import load_dataset
 from ensemble.members.batchnorm import reestimate_batchnorm
 from ensemble.members.outputs import member_outputs
+from ensemble.report.adapted import decision_scores
 from ensemble.serve.adapt import adapt
 
 
@@ -57,18 +61,7 @@ def read_lab(folder: Path, classes: list[str]) -> tuple[list[Path], np.ndarray, 
 
 def scores(ens: Ensemble, outputs, labels: np.ndarray) -> dict:
     """Accuracy, share referred, wrong answers referred, accuracy on accepted (default rule)."""
-    decisions = ens.decide(outputs, warn=False)
-    correct = decisions.predictions == labels
-    referred = decisions.abstain
-    accepted = ~referred
-    return {
-        "n": int(len(labels)),
-        "accuracy": float(correct.mean()),
-        "referred": float(referred.mean()),
-        "wrong_referred": float(referred[~correct].mean()) if (~correct).any() else 1.0,
-        "accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else None,
-        "rule": decisions.refer,
-    }
+    return {"n": int(len(labels)), **decision_scores(ens, ens.decide(outputs, warn=False), labels)}
 
 
 def outputs_with_batchnorm(ens: Ensemble, unlabelled: np.ndarray, images: np.ndarray, tta: bool):
@@ -108,6 +101,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="where adapted runs go")
     parser.add_argument("--sizes", type=int, nargs="+", default=[25, 50, 100, 200])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument(
+        "--colour-sizes",
+        type=int,
+        nargs="*",
+        default=[100],
+        help="reviewed cells at which adapt is also measured on colour-mapped cells",
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--markdown", type=Path)
     parser.add_argument(
@@ -158,25 +158,33 @@ def main() -> None:
     for seed in args.seeds:
         for lab in labs:
             _, val_labels, test_images, test_labels = lab_data[lab]
-            for count in args.sizes:
-                key = f"{lab}/adapt-{count}-s{seed}"
+            steps = [("adapt", count) for count in args.sizes]
+            steps += [("colour+adapt", count) for count in args.colour_sizes]
+            for step, count in steps:
+                key = f"{lab}/{step}-{count}-s{seed}"
                 if key in results:
                     continue
                 paths, _, _ = read_lab(args.labs / f"{lab}-val", ens.classes_)
                 chosen = balanced_sample(val_labels, count, seed)
-                out = args.work / f"{lab}-{count}-s{seed}"
+                prefix = "colour-" if step == "colour+adapt" else ""
+                out = args.work / f"{prefix}{lab}-{count}-s{seed}"
                 out.mkdir(parents=True, exist_ok=True)
                 reviewed = out.parent / f"{out.name}.csv"
                 rows = [f"{paths[i].resolve()},{ens.classes_[val_labels[i]]}" for i in chosen]
                 reviewed.write_text("path,label\n" + "\n".join(rows) + "\n")
+                colour = {}
+                if step == "colour+adapt":
+                    colour = {"colour": "reinhard", "unlabelled": args.labs / f"{lab}-val"}
                 started = time.perf_counter()
-                adapt(args.run, reviewed, out, seed=seed)
+                adapt(args.run, reviewed, out, seed=seed, **colour)
                 minutes = (time.perf_counter() - started) / 60
                 adapted = Ensemble.load(out)
-                entry = scores(adapted, adapted.member_outputs(test_images, tta=tta), test_labels)
+                # the adapted run maps the lab's colour itself (images_by_size), as predict does
+                lab_outputs = adapted.member_outputs(test_images, tta=tta)
+                entry = scores(adapted, lab_outputs, test_labels)
                 entry["minutes"] = minutes
                 entry["labelled"] = int(count)
-                if seed == args.seeds[0] and count == args.forgetting_at:
+                if step == "adapt" and seed == args.seeds[0] and count == args.forgetting_at:
                     clean = adapted.member_outputs(clean_images, tta=tta)
                     entry["clean"] = scores(adapted, clean, clean_labels)
                 save(key, entry)
@@ -221,7 +229,7 @@ def render(results: dict) -> str:
             minutes = entry.get("minutes")
             lines.append(
                 f"| {key.split('/', 1)[1]} | {entry['accuracy']:.4f} | {entry['referred']:.1%} "
-                f"| {entry['wrong_referred']:.1%} | {_pct(entry['accepted_accuracy'])} | "
+                f"| {_pct(entry['wrong_referred'], 1)} | {_pct(entry['accepted_accuracy'])} | "
                 f"{'' if after is None else f'{after:.4f}'} | "
                 f"{'' if minutes is None else f'{minutes:.1f}'} |"
             )
@@ -235,8 +243,8 @@ def _step_order(key: str) -> tuple:
     unsupervised = ["base", "colour", "batchnorm", "colour+batchnorm"]
     if step in unsupervised:
         return (0, unsupervised.index(step), 0)
-    _, count, seed = step.split("-")
-    return (1, int(count), int(seed.removeprefix("s")))
+    kind, count, seed = step.split("-")
+    return (1 + (kind != "adapt"), int(count), int(seed.removeprefix("s")))
 
 
 def _curve(results: dict, lab: str, clean: dict | None) -> list[str]:
@@ -265,8 +273,8 @@ def _curve(results: dict, lab: str, clean: dict | None) -> list[str]:
     return lines
 
 
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2%}"
+def _pct(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:.{digits}%}"
 
 
 if __name__ == "__main__":

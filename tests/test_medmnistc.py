@@ -98,7 +98,10 @@ def test_the_report_has_a_medmnistc_column(fitted_ci_run, synthetic_folder, tmp_
     text = (out / "report.md").read_text()
     assert "The MedMNIST-C copy applies the corruption suite of Di Salvo et al. (2024)" in text
     assert "Accuracy on the MedMNIST-C copy, by kind:" in text
-    assert "MedMNIST-C" in (out / "report.html").read_text()
+    assert "- On the MedMNIST-C copy: " in text  # McNemar of the best combiner vs member
+    page = (out / "report.html").read_text()
+    assert "<h3>Accuracy per kind of MedMNIST-C corruption</h3>" in page
+    assert "<td>medmnistc</td>" in page  # its McNemar row in the significance table
 
 
 def test_asking_for_it_without_the_package_says_how_to_install(

@@ -63,14 +63,21 @@ def base_comparison(
         "colour": record.get("colour"),
         "batchnorm": record.get("batchnorm"),
         "rows": {
-            "base": _row(base, base_decisions, labels),
-            "adapted": _row(ensemble, adapted_decisions, labels),
+            "base": decision_scores(base, base_decisions, labels),
+            "adapted": decision_scores(ensemble, adapted_decisions, labels),
         },
         "mcnemar": mcnemar(labels, base_decisions.predictions, adapted_decisions.predictions),
     }
 
 
-def _row(ensemble: Ensemble, decisions: Decisions, labels: np.ndarray) -> dict:
+def decision_scores(ensemble: Ensemble, decisions: Decisions, labels: np.ndarray) -> dict:
+    """How a run's decisions did on labelled images.
+
+    Returns:
+        ``{"combiner", "rule", "accuracy", "referred", "wrong_referred",
+        "accepted_accuracy"}``: shares of all images, of the wrong answers, and of the
+        accepted images (``None`` where there are none).
+    """
     correct = decisions.predictions == labels
     accepted = ~decisions.abstain
     return {

@@ -32,6 +32,7 @@ from ensemble.report.markdown import (
     member_cells,
     model_names,
     shift_kinds,
+    suite_kinds,
     verdict,
 )
 from ensemble.serve.gallery import GALLERY_CSS, GALLERY_JS, gallery_html
@@ -343,32 +344,62 @@ def _robustness(metrics: dict, thumbnails: dict) -> str:
     ]
     by_kind = metrics.get("shifted_by_kind") or {}
     if by_kind:
-        kinds = shift_kinds(metrics)
-        columns = ["clean", *kinds] + (["zoomed"] if metrics.get("zoomed") else [])
-        values = []
-        for name in model_names(metrics):
-            if name not in by_kind:
-                continue
-            row = {"clean": metrics["models"][name]["accuracy"], **by_kind[name]}
-            if metrics.get("zoomed"):
-                row["zoomed"] = metrics["zoomed"].get(name, {}).get("accuracy")
-            values.append((name, [row.get(c) for c in columns]))
-        low = min((v for _, row in values for v in row if v is not None), default=0.0)
-        head = "".join(f"<th>{escape(c)}</th>" for c in ["model", *columns])
-        body = "".join(
-            f"<tr><td>{escape(name)}</td>"
-            + "".join(_heat_cell(value, low) for value in row)
-            + "</tr>"
-            for name, row in values
-        )
+        zoomed = ["zoomed"] if metrics.get("zoomed") else []
         text.append(
-            "<h3>Accuracy per kind of shift</h3>"
-            f'<div class="scroll"><table class="heat"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{body}</tbody></table></div>"
-            '<p class="note">Colour from red (the lowest accuracy in the table) to green (1.0). '
-            "Each kind holds about one seventh of the images.</p>"
+            _heat_table(
+                metrics,
+                "Accuracy per kind of shift",
+                by_kind,
+                shift_kinds(metrics),
+                zoomed,
+                "Each kind holds about one seventh of the images.",
+            )
+        )
+    suite_by_kind = metrics.get("medmnistc_by_kind") or {}
+    if suite_by_kind:
+        kinds = suite_kinds(metrics)
+        text.append(
+            _heat_table(
+                metrics,
+                "Accuracy per kind of MedMNIST-C corruption",
+                suite_by_kind,
+                kinds,
+                [],
+                f"Each kind holds about one in {len(kinds)} images.",
+            )
         )
     return "".join(text)
+
+
+def _heat_table(
+    metrics: dict, title: str, by_kind: dict, kinds: list[str], copies: list[str], note: str
+) -> str:
+    """A copy's accuracy per kind, one row per model that has it, coloured red to green.
+
+    ``copies`` are whole copies (e.g. the zoomed one) added as columns after the kinds.
+    """
+    columns = ["clean", *kinds, *copies]
+    values = []
+    for name in model_names(metrics):
+        if name not in by_kind:
+            continue
+        row = {"clean": metrics["models"][name]["accuracy"], **by_kind[name]}
+        for copy in copies:
+            row[copy] = metrics[copy].get(name, {}).get("accuracy")
+        values.append((name, [row.get(c) for c in columns]))
+    low = min((v for _, row in values for v in row if v is not None), default=0.0)
+    head = "".join(f"<th>{escape(c)}</th>" for c in ["model", *columns])
+    body = "".join(
+        f"<tr><td>{escape(name)}</td>" + "".join(_heat_cell(value, low) for value in row) + "</tr>"
+        for name, row in values
+    )
+    return (
+        f"<h3>{escape(title)}</h3>"
+        f'<div class="scroll"><table class="heat"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
+        '<p class="note">Colour from red (the lowest accuracy in the table) to green (1.0). '
+        f"{escape(note)}</p>"
+    )
 
 
 def _copies_note(metrics: dict) -> str:

@@ -247,12 +247,12 @@ def _significance(metrics: dict) -> list[str]:
             tests[f"{best}_vs_{member}"],
         )
     )
-    for copy in ("shifted", "zoomed"):
+    for copy, title in COPY_TITLES.items():
         copy_tests = metrics.get(f"{copy}_mcnemar") or {}
         copy_member = copy_best_member(metrics, copy)
         if f"{best}_vs_{copy_member}" in copy_tests:
             lines.append(
-                f"- On the {copy} copy: "
+                f"- On the {title} copy: "
                 + verdict(
                     f"the best combiner ({best})",
                     f"the best single member on it ({copy_member})",
@@ -261,7 +261,7 @@ def _significance(metrics: dict) -> list[str]:
             )
         if "hard_vs_stack" in copy_tests:
             lines.append(
-                f"- On the {copy} copy: "
+                f"- On the {title} copy: "
                 + verdict("hard voting", "stacking", copy_tests["hard_vs_stack"])
             )
     return lines
@@ -329,7 +329,7 @@ def _shifted(metrics: dict) -> list[str]:
             "0.7–0.85× smaller), seeded like the shifted copy."
         )
     if "medmnistc" in copies:
-        suite = _suite_kinds(metrics)
+        suite = suite_kinds(metrics)
         lines.append(
             "The MedMNIST-C copy applies the corruption suite of Di Salvo et al. (2024) for "
             f"BloodMNIST at severity 3 of 5, its {len(suite)} kinds one per image in turn: a "
@@ -359,7 +359,7 @@ def _shifted(metrics: dict) -> list[str]:
     suite_by_kind = metrics.get("medmnistc_by_kind", {})
     if suite_by_kind:
         caption = "Accuracy on the MedMNIST-C copy, by kind:"
-        lines += _by_kind_table(metrics, caption, suite_by_kind, _suite_kinds(metrics))
+        lines += _by_kind_table(metrics, caption, suite_by_kind, suite_kinds(metrics))
     return lines
 
 
@@ -378,7 +378,7 @@ def _by_kind_table(metrics: dict, caption: str, by_kind: dict, kinds: list[str])
     return lines
 
 
-def _suite_kinds(metrics: dict) -> list[str]:
+def suite_kinds(metrics: dict) -> list[str]:
     """The MedMNIST-C kinds in the suite's order (metrics.json's objects come back sorted)."""
     by_kind = metrics.get("medmnistc_by_kind") or {}
     return list(metrics.get("medmnistc_kinds") or next(iter(by_kind.values()), {}))
