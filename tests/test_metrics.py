@@ -144,3 +144,21 @@ def test_error_overlap_counts_repeated_errors_and_kappa():
     assert overlap["kappa"][0][1] == pytest.approx((0.75 - 0.625) / 0.375)
     perfect = error_overlap({"p": right, "a": a}, labels, ["p", "a"])
     assert perfect["repeated"][0][1] is None  # no errors to repeat
+
+
+def test_member_contributions_leave_each_member_out_of_the_vote():
+    from ensemble.report.metrics import member_contributions
+
+    labels = np.zeros(4, dtype=int)
+    right = np.tile([0.6, 0.4], (4, 1))  # right, not sure
+    also_right = np.tile([0.7, 0.3], (4, 1))
+    wrong = np.tile([0.1, 0.9], (4, 1))  # wrong, sure of it
+    stack = np.stack([right, also_right, wrong])
+    result = member_contributions({"clean": stack}, labels, ["a", "b", "c"])
+    hard, soft = result["clean"]["hard"], result["clean"]["soft"]
+    assert hard["all"] == 1.0  # two votes against one
+    # without a, b and c tie; c's confidence breaks the tie its way: a earns its place
+    assert hard["without"] == {"a": 0.0, "b": 0.0, "c": 1.0}
+    # soft: all three average to 0.467 for the true class; without c the two right ones win
+    assert soft["all"] == 0.0 and soft["without"]["c"] == 1.0
+    assert member_contributions({"clean": stack[:2]}, labels, ["a", "b"]) == {}

@@ -32,6 +32,12 @@ def test_report_with_tta_shows_shift_kinds_and_speed(
     assert metrics["combiners_fitted_with_tta"] is False
     assert err.count("fitted without test-time augmentation but are applied with it") == 1
     assert "Note: the combiners were fitted without test-time augmentation" in text
+    # what each member buys: voting without each of the three, on the clean and both copies
+    contributions = metrics["member_contributions"]
+    assert {"clean", "shifted", "zoomed"} <= set(contributions)  # MedMNIST-C where installed
+    assert set(contributions["shifted"]["hard"]["without"]) == {"tiny-a", "tiny-b", "tiny-ovr"}
+    assert "## What each member buys" in text and "| left out | clean | shifted | zoomed " in text
+    assert 'id="contributions"' in (out / "report.html").read_text()
 
 
 def test_report_on_separate_labelled_folder(fitted_ci_run, tmp_path, capsys):

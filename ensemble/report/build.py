@@ -56,6 +56,7 @@ from ensemble.report.metrics import (
     error_overlap,
     intervals,
     mcnemar,
+    member_contributions,
     per_class_metrics,
     summary_metrics,
 )
@@ -414,6 +415,12 @@ def build_report(
         "models": models,
         "mcnemar": significance_tests(probabilities, labels, combiners, best_member),
         "error_overlap": error_overlap(probabilities, labels, [*names, best_combiner]),
+        "member_contributions": member_contributions(
+            {"clean": member_stack.calibrated}
+            | {copy: stack.calibrated for copy, (stack, _) in copies.items()},
+            labels,
+            names,
+        ),
         "shifted": shifted_models,
         "shifted_by_kind": shifted_by_kind,
         "shift_kinds": list(next(iter(shifted_by_kind.values()), {})),

@@ -27,7 +27,9 @@ from ensemble.report.charts import (
 )
 from ensemble.report.leaderboard import leaderboard
 from ensemble.report.markdown import (
+    CONTRIBUTIONS_NOTE,
     comparison_names,
+    contribution_table,
     copy_best_member,
     member_cells,
     model_names,
@@ -791,6 +793,14 @@ def _error_overlap(metrics: dict, thumbnails: dict) -> str:
     )
 
 
+def _contributions(metrics: dict, thumbnails: dict) -> str:
+    """Voting without each member, on every copy: what each member buys."""
+    head, rows = contribution_table(metrics)
+    if not rows:
+        return ""
+    return f"<p>{escape(CONTRIBUTIONS_NOTE)}</p>" + _table(head, rows)
+
+
 def _adapted(metrics: dict, thumbnails: dict) -> str:
     comparison = metrics.get("adapted")
     if not comparison:
@@ -887,6 +897,7 @@ SECTIONS: tuple[tuple[str, str, Callable[[dict, dict], str]], ...] = (
     ("Accuracy with 95 % intervals", "accuracy", _accuracy),
     ("Is the difference real? McNemar's test", "significance", _significance),
     ("Do the members err on the same images?", "error-overlap", _error_overlap),
+    ("What each member buys", "contributions", _contributions),
     ("Clean, shifted and zoomed images", "robustness", _robustness),
     ("Confusion matrices", "confusion", _confusions),
     ("Review gallery: wrong or referred", "gallery", _gallery),

@@ -267,6 +267,62 @@ def _significance(metrics: dict) -> list[str]:
     return lines
 
 
+CONTRIBUTIONS_NOTE = (
+    "Voting needs no fitting, so each member can be left out exactly. Each cell: the change in "
+    "accuracy, in points, of hard / soft voting when that member is left out; a negative change "
+    "means the member earns its place on those images, a positive one that it costs accuracy "
+    "there. The fitted combiners would have to be refitted to be measured this way."
+)
+
+
+def contribution_table(metrics: dict) -> tuple[list[str], list[list[str]]]:
+    """What each member buys, as text: the header and one row per member (all members first).
+
+    Empty when the report has no contributions (fewer than 3 members, or an older report).
+    """
+    contributions = metrics.get("member_contributions") or {}
+    if not contributions:
+        return [], []
+    copies = [copy for copy in ("clean", *COPY_TITLES) if copy in contributions]
+    head = ["left out", *(COPY_TITLES.get(copy, copy) for copy in copies)]
+    rows = [
+        [
+            "nothing (all members: hard / soft accuracy)",
+            *(
+                f"{contributions[c]['hard']['all']:.4f} / {contributions[c]['soft']['all']:.4f}"
+                for c in copies
+            ),
+        ]
+    ]
+    for member in metrics["members"]:
+        cells = [member]
+        for copy in copies:
+            changes = [
+                100 * (votes["without"][member] - votes["all"])
+                for votes in (contributions[copy]["hard"], contributions[copy]["soft"])
+            ]
+            cells.append(" / ".join(f"{change:+.2f}" for change in changes))
+        rows.append(cells)
+    return head, rows
+
+
+def _contributions(metrics: dict) -> list[str]:
+    """What each member buys: voting without each member, on every copy."""
+    head, rows = contribution_table(metrics)
+    if not rows:
+        return []
+    return [
+        "",
+        "## What each member buys",
+        "",
+        CONTRIBUTIONS_NOTE,
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---" * len(head) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
 def _error_overlap(metrics: dict) -> list[str]:
     """Why the ensemble gains or does not: how often the members' errors coincide."""
     overlap = metrics.get("error_overlap")
@@ -501,6 +557,7 @@ SECTIONS: tuple[Callable[[dict], list[str]], ...] = (
     _adapted,  # an adapted run beside its base: ensemble.report.adapted
     _significance,
     _error_overlap,
+    _contributions,
     _shifted,
     _members,
     _per_class,
