@@ -227,27 +227,22 @@ def test_the_default_rule_is_the_one_that_refers_fewer_val_images(tmp_path):
     from ensemble.combine.fitting import RULE_CHOICE_ALPHAS, _choose_rule
     from ensemble.refer.conformal import ConformalClassifier
     from ensemble.refer.rule import conformal_referral
-    from ensemble.run.directory import conformal_file, selective_file
 
     probabilities, labels = _calibration(4000, seed=9)
     calibration, val = slice(0, 2000), slice(2000, 4000)
-    hashes = {"m": "0"}
-    combiners = tmp_path / "combiners"
-    combiners.mkdir()
     selective = SelectiveClassifier(targets=[0.95]).fit(
         probabilities[calibration], labels[calibration], probabilities[val]
     )
-    selective.save(combiners / selective_file("soft"), hashes)
     conformal = ConformalClassifier(alpha=0.05).fit(probabilities[calibration], labels[calibration])
-    conformal.save(combiners / conformal_file("soft"), hashes)
     fitting = SimpleNamespace(
         default="soft",
         val_probabilities={"soft": probabilities[val]},
         val={"m": {"labels": labels[val]}},
         names=["m"],
-        hashes=hashes,
+        selective={"soft": selective},
+        conformal={"soft": conformal},
     )
-    chosen = _choose_rule(SimpleNamespace(combiners_dir=combiners), fitting, None)
+    chosen = _choose_rule(fitting, None)
 
     correct = probabilities[val].argmax(axis=1) == labels[val]
     accepted = selective.accept(probabilities[val])

@@ -155,9 +155,7 @@ def fit_combiners(
     stage("fit-stacker", "prediction sets and the out-of-distribution detector")
     conformal = _calibrate_sets(
         directory,
-        fitting.held_out_probabilities,
-        fitting.calibration_labels,
-        fitting.hashes,
+        fitting,
         ConformalClassifier(score=score, mondrian=mondrian, alpha=alpha),
         notes,
     )
@@ -176,7 +174,7 @@ def fit_combiners(
         _flagged(fitting, detector if ood is not None else None),
         notes,
     )
-    default_refer = _choose_rule(directory, fitting, detector if ood is not None else None)
+    default_refer = _choose_rule(fitting, detector if ood is not None else None)
     selection = Selection(
         members=names,
         member_model_sha256=fitting.hashes,
@@ -221,6 +219,8 @@ class _Fitting:
         default: the combiner chosen by that accuracy.
         combiners: every registered combiner's name.
         files: what was written in the combiners folder so far.
+        conformal: every model's fitted prediction sets, by name (once calibrated).
+        selective: every model's fitted selective rule, by name (once calibrated).
     """
 
     names: list[str]
@@ -236,6 +236,8 @@ class _Fitting:
     default: str
     combiners: list[str]
     files: list[str] = field(default_factory=list)
+    conformal: dict[str, ConformalClassifier] = field(default_factory=dict)
+    selective: dict[str, SelectiveClassifier] = field(default_factory=dict)
 
     @property
     def calibration_labels(self) -> np.ndarray:
@@ -355,7 +357,7 @@ def _flagged(fitting: _Fitting, detector: OodDetector | None) -> np.ndarray | No
 RULE_CHOICE_ALPHAS = (0.2, 0.1, 0.05, 0.03, 0.02, 0.015, 0.01, 0.007, 0.005, 0.003, 0.002, 0.001)
 
 
-def _choose_rule(directory: RunDir, fitting: _Fitting, detector: OodDetector | None) -> dict | None:
+def _choose_rule(fitting: _Fitting, detector: OodDetector | None) -> dict | None:
     """The referral rule that refers fewest val images for the same accepted accuracy.
 
     The selective rule at its first target gives an accepted accuracy on val; the conformal
@@ -371,9 +373,7 @@ def _choose_rule(directory: RunDir, fitting: _Fitting, detector: OodDetector | N
     if detector is not None:
         inputs = _ood_inputs(detector.method, fitting.val, fitting.names, fitting.scaler)
         flagged = detector.score(inputs) > detector.threshold()
-    selective = SelectiveClassifier.load(
-        directory.combiners_dir / selective_file(name), fitting.hashes
-    )
+    selective = fitting.selective[name]
     accepted = selective.accept(probabilities, None, flagged)
     if not accepted.any():
         return None
@@ -385,9 +385,7 @@ def _choose_rule(directory: RunDir, fitting: _Fitting, detector: OodDetector | N
         "selective": {"referred": float(1 - accepted.mean()), "accuracy": target_accuracy},
         "conformal": None,
     }
-    conformal = ConformalClassifier.load(
-        directory.combiners_dir / conformal_file(name), fitting.hashes
-    )
+    conformal = fitting.conformal[name]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SmallCalibrationWarning)
         for alpha in RULE_CHOICE_ALPHAS:
@@ -535,14 +533,13 @@ def _merge_overlapping(groups: list[list[str]]) -> list[list[str]]:
 
 
 def _calibrate_sets(
-    directory: RunDir,
-    probabilities: dict[str, np.ndarray],
-    labels: np.ndarray,
-    hashes: dict[str, str],
-    template: ConformalClassifier,
-    notes: list[str],
+    directory: RunDir, fitting: _Fitting, template: ConformalClassifier, notes: list[str]
 ) -> dict:
-    """One conformal classifier per combiner and member, saved; the record for the selection."""
+    """One conformal classifier per combiner and member; the record for the selection.
+
+    Each is saved to the combiners folder and kept in ``fitting.conformal``.
+    """
+    probabilities, labels = fitting.held_out_probabilities, fitting.calibration_labels
     models = {}
     with warnings.catch_warnings():
         # Said once below, for every model: the counts are the same for all of them.
@@ -551,7 +548,8 @@ def _calibrate_sets(
             conformal = ConformalClassifier(**template.get_params()).fit(
                 model_probabilities, labels
             )
-            conformal.save(directory.combiners_dir / conformal_file(name), hashes)
+            conformal.save(directory.combiners_dir / conformal_file(name), fitting.hashes)
+            fitting.conformal[name] = conformal
             models[name] = conformal_file(name)
     alpha, n_images = template.alpha, len(labels)
     needed = minimum_calibration_size(alpha)
@@ -612,6 +610,7 @@ def _calibrate_selective(
             model_probabilities, labels, ordering[name], flagged=flagged
         )
         selective.save(directory.combiners_dir / selective_file(name), fitting.hashes)
+        fitting.selective[name] = selective
         models[name] = selective_file(name)
         if name == fitting.default:
             notes.extend(f"selective rule of {name}: {line}" for line in selective.warnings_)
