@@ -220,7 +220,7 @@ def test_predict_cli_selective_and_an_uncalibrated_target(selective_run, synthet
     assert "accepted accuracy 0.97 was not calibrated. Calibrated: [0.6, 0.99, 0.995, 0.999]" in err
 
 
-def test_the_default_rule_is_the_one_that_refers_fewer_val_images(tmp_path):
+def test_the_default_rule_is_the_one_that_refers_fewer_val_images():
     """fit-stacker's choice on val, checked against both rules computed by hand."""
     from types import SimpleNamespace
 
