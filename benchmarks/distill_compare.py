@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -78,6 +79,7 @@ def main() -> None:
         "student": {"run": str(args.student), "members": list(student.members_)},
         "split": args.split,
         "n": int(len(labels)),
+        "same_split": student.run.split_path.read_bytes() == teacher.run.split_path.read_bytes(),
         "accuracy": {},
     }
     for copy, images in copies(by_size, args.shift_seed).items():
@@ -94,7 +96,7 @@ def main() -> None:
             }
             print(key, json.dumps(results["accuracy"][key]), flush=True)
     largest = by_size[max(by_size)][: args.speed_images]
-    results["speed"] = {"images": int(len(largest))}
+    results["speed"] = {"images": int(len(largest)), "cpus": os.cpu_count()}
     for tta in (False, True):
         for name, model in (("ensemble", teacher), ("student", student)):
             key = f"{name}/{'tta' if tta else 'single'}"
@@ -114,10 +116,14 @@ def render(results: dict) -> str:
         "",
         f"Teacher: run `{results['ensemble']['run']}`, its default combiner "
         f"`{results['ensemble']['combiner']}`. Student: run `{results['student']['run']}` "
-        f"(one member, `{', '.join(results['student']['members'])}`), made by `ensemble "
-        "distill`. Scored on the "
-        f"{results['n']} images of the `{results['split']}` split, which neither saw, and on the "
-        "report's seeded shifted and zoomed copies of them.",
+        f"(`{', '.join(results['student']['members'])}`), made by `ensemble distill`. Scored "
+        f"on the {results['n']} images of the `{results['split']}` split"
+        + (
+            ", which neither saw (the student's run shares the ensemble's split)"
+            if results.get("same_split")
+            else ""
+        )
+        + ", and on the report's seeded shifted and zoomed copies of them.",
         "",
         "| images | TTA | ensemble | student | student − ensemble | only ensemble right | "
         "only student right | McNemar p |",
@@ -135,8 +141,8 @@ def render(results: dict) -> str:
     speed = results["speed"]
     lines += [
         "",
-        f"Speed: `Ensemble.predict` on {speed['images']} decoded images in memory, 2 CPU cores, "
-        "after a warm-up pass, best of the repeats.",
+        f"Speed: `Ensemble.predict` on {speed['images']} decoded images in memory, "
+        f"{speed.get('cpus', 'all')} CPU cores, after a warm-up pass, best of the repeats.",
         "",
         "| TTA | ensemble img/s | student img/s | student ÷ ensemble |",
         "|---|---|---|---|",

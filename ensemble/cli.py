@@ -468,20 +468,25 @@ def adapt(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the lab's split and the replay.")] = 0,
 ) -> None:
-    """Make a fitted run work in a lab: fine-tune on its reviewed cells, or map its images."""
+    """Make a fitted run work in a lab: fine-tune on its reviewed cells, map its images, or both."""
     if labelled is None and unlabelled is None:
         raise ConfigError(
             "adapt needs the lab's cells: --labelled reviewed.csv (fine-tune), or --unlabelled "
             "DIR with --colour reinhard and/or --batchnorm"
         )
     fine_tuning = {
-        "--data-root": data_root,
         "--epochs": epochs,
         "--learning-rate": learning_rate,
         "--replay": replay,
         "--calibration-replay": calibration_replay,
     }
     if labelled is None:
+        if data_root is not None:
+            raise ConfigError(
+                "--data-root is the folder the --labelled CSV's relative paths start from; "
+                "without --labelled there is no CSV. Add --labelled reviewed.csv, or leave "
+                "--data-root out."
+            )
         given = [option for option, value in fine_tuning.items() if value is not None]
         if given:
             raise ConfigError(

@@ -187,3 +187,11 @@ def test_colour_mapped_fine_tuning_maps_the_cells_and_every_image_after(
     assert {k: v for k, v in after.items() if k.startswith("lab-cells/")} == {
         k: v for k, v in before.items() if k.startswith("lab-cells/")
     }
+    # a rerun that asks for another colour map, or other cells, is refused in words
+    code, _, err = run_cli_captured(args[: args.index("--colour")] + ["--epochs", "1"])
+    assert code == 2 and "holds an adapt begun with --colour reinhard" in err
+    fewer = tmp_path / "fewer.csv"
+    lines = reviewed.read_text().splitlines()
+    fewer.write_text("\n".join(lines[:-1]) + "\n")
+    code, _, err = run_cli_captured([*args[:4], fewer, "--data-root", tmp_path / "lab", *args[5:]])
+    assert code == 2 and "was adapted from other reviewed cells" in err

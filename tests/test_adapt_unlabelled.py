@@ -111,8 +111,12 @@ def test_the_report_sets_the_unlabelled_adaptation_beside_its_base(
             "--epochs sets how reviewed cells are fine-tuned on; without --labelled nothing is",
         ),
         (
-            ["--colour", "reinhard", "--replay", "1", "--data-root", "."],
-            "--data-root, --replay set how reviewed cells are fine-tuned on",
+            ["--colour", "reinhard", "--replay", "1", "--learning-rate", "0.001"],
+            "--learning-rate, --replay set how reviewed cells are fine-tuned on",
+        ),
+        (
+            ["--colour", "reinhard", "--data-root", "."],
+            "--data-root is the folder the --labelled CSV's relative paths start from",
         ),
         (
             ["--batchnorm", "--labelled", "x.csv"],

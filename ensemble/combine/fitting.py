@@ -363,7 +363,9 @@ def _choose_rule(fitting: _Fitting, detector: OodDetector | None) -> dict | None
     The selective rule at its first target gives an accepted accuracy on val; the conformal
     rule is tried at :data:`RULE_CHOICE_ALPHAS` and the smallest referral reaching that
     accuracy taken. The rule that refers less becomes predict's default (``None``: the run
-    is too small for either to accept anything, and the earlier default stands).
+    is too small for either to accept anything, and the earlier default stands). Reads the
+    prediction sets and selective rules calibrated before it (``fitting.conformal``,
+    ``fitting.selective``).
     """
     name = fitting.default
     probabilities = fitting.val_probabilities[name]

@@ -138,9 +138,16 @@ def comparison_notes(comparison: dict) -> list[str]:
         f"{test['second_only']} only by the adapted run, p = {test['p_value']:.3g}."
     )
     if comparison.get("labelled") is not None:
+        mapped = (
+            f", after a colour map ({comparison['colour']}) that it applies to every image"
+            if comparison.get("colour")
+            else ""
+        )
         how = (
-            f" The adapted run learned from {comparison['labelled']} reviewed cells; on its own "
-            "blend split these figures flatter it (its combiners and referral were fitted there)."
+            f" The adapted run learned from {comparison['labelled']} reviewed cells{mapped}; on "
+            "its own blend split these figures flatter it (its combiners and referral were "
+            "fitted there)"
+            + (", and the base is shown the colour-mapped cells." if mapped else ".")
         )
     else:
         steps = [f"colour map ({comparison['colour']})"] * bool(comparison.get("colour"))

@@ -271,7 +271,9 @@ CONTRIBUTIONS_NOTE = (
     "Voting needs no fitting, so each member can be left out exactly. Each cell: the change in "
     "accuracy, in points, of hard / soft voting when that member is left out; a negative change "
     "means the member earns its place on those images, a positive one that it costs accuracy "
-    "there. The fitted combiners would have to be refitted to be measured this way."
+    "there. The fitted combiners would have to be refitted to be measured this way. With three "
+    "members, leaving one out leaves a two-member vote whose disagreements are ties, decided by "
+    "the members' mean probability (soft voting in effect)."
 )
 
 

@@ -272,6 +272,7 @@ def member_contributions(
         for vote in (HardVote, SoftVote):
 
             def accuracy(members: np.ndarray, vote=vote) -> float:
+                # voting learns nothing from its fit (it records the member count only)
                 fitted = vote().fit(members, labels)
                 return float((fitted.predict_proba(members).argmax(axis=1) == labels).mean())
 

@@ -68,10 +68,13 @@ from ensemble.serve.lab_colour import (
     fit_lab_colour,
     read_image_folder,
 )
+from ensemble.serve.predict import iter_files
 
-#: The colour-mapped copies of the reviewed cells (``colour="reinhard"``), and their list.
+#: The colour-mapped copies of the reviewed cells (``colour="reinhard"``), their list, and
+#: what they were made from (a rerun maps again only when that changed).
 LAB_CELLS = "lab-cells"
 LAB_CELLS_CSV = "lab-cells.csv"
+LAB_CELLS_INPUTS = "lab-cells-inputs.json"
 
 
 def adapt(
@@ -115,7 +118,12 @@ def adapt(
     Raises:
         DataError: a label that is not a class of the base run (with a close match), or a
             class with fewer than :data:`MIN_PER_CLASS` cells.
-        ConfigError: ``out`` is the base run, or a bad setting.
+        DataError: with ``colour``, too few lab images for the colour statistics (fewer than
+            :data:`~ensemble.serve.adapt_settings.MIN_IMAGES` reviewed cells and unlabelled
+            images together), or ``unlabelled`` is not a folder.
+        ConfigError: ``out`` is the base run; a bad setting; an unknown colour method;
+            ``unlabelled`` without ``colour``; ``colour`` with a base run that maps a lab's
+            colour already; or ``out`` holds an adapt begun with another ``colour``.
     """
     check_method(colour)
     if unlabelled is not None and colour is None:
@@ -135,6 +143,7 @@ def adapt(
         )
     if colour is not None:
         check_base_unmapped(base_dir)
+    _check_same_colour(out, colour)
     teacher = Ensemble.load(base_dir)
     lab = load_dataset(labelled, root=data_root)
     _check_labels(lab, base_dir.classes)
@@ -143,7 +152,8 @@ def adapt(
         _warn_copies(lab, base_data)
     if colour is not None:
         lab = _colour_mapped(lab, base_dir, out, unlabelled, seed)
-    run = _adapted_run(base_dir, teacher, base_data, lab, out, (replay, calibration_replay), seed)
+    replays = (replay, calibration_replay)
+    run = _adapted_run(base_dir, teacher, base_data, lab, out, replays, colour, seed)
     results = {}
     for name in run.manifest["members"]:
         spec = base_dir.member_spec(name)
@@ -190,11 +200,14 @@ def _check_labels(lab: Dataset, classes: list[str]) -> None:
         print(f"adapt: {len(lab.skipped)} unreadable files left out: {listed}", file=sys.stderr)
 
 
-def _adapted_run(base: RunDir, teacher, base_data, lab, out: Path, replays, seed: int):
+def _adapted_run(
+    base: RunDir, teacher, base_data, lab, out: Path, replays, colour: str | None, seed: int
+):
     """Create (or reopen) the new run: data.csv, split.json and manifest.json (last).
 
     ``replays`` is ``(replay, calibration_replay)``: base training images per lab training
-    image, and the number of base ``blend`` images joining the held-out part.
+    image, and the number of base ``blend`` images joining the held-out part; ``colour`` the
+    colour map the cells were mapped with (recorded with its hash).
     """
     if (out / MANIFEST).is_file():
         run = RunDir.open(out)
@@ -249,11 +262,37 @@ def _adapted_run(base: RunDir, teacher, base_data, lab, out: Path, replays, seed
             "validation_replayed": len(watching),
         },
     }
-    if (out / COLOUR).is_file():
-        manifest["adapted_from"]["colour"] = json.loads((out / COLOUR).read_text())["method"]
+    if colour is not None:
+        inputs = json.loads((out / LAB_CELLS_INPUTS).read_text())
+        manifest["adapted_from"]["colour"] = colour
         manifest["adapted_from"]["colour_sha256"] = file_sha256(out / COLOUR)
+        manifest["adapted_from"]["unlabelled"] = len(inputs["unlabelled"] or [])
     atomic_write_json(out / MANIFEST, manifest)  # last: marks the run as created
     return RunDir.open(out).with_data(combined)
+
+
+def _check_same_colour(out: Path, colour: str | None) -> None:
+    """A rerun into ``out`` asks for the colour map the run was begun with.
+
+    Raises:
+        ConfigError: ``out`` holds a finished or unfinished adapt made with another ``colour``
+            (its members were, or are being, fine-tuned on cells mapped otherwise).
+    """
+    if (out / MANIFEST).is_file():
+        before = (json.loads((out / MANIFEST).read_text()).get("adapted_from") or {}).get("colour")
+    elif (out / COLOUR).is_file():
+        before = json.loads((out / COLOUR).read_text()).get("method")
+    else:
+        return
+    if before != colour:
+        raise ConfigError(
+            f"{out} holds an adapt begun with --colour {before or '(none)'}; this call asks for "
+            f"--colour {colour or '(none)'}. Rerun with --colour {before} to resume it, or choose "
+            "a new --out."
+            if before
+            else f"{out} holds an adapt begun without --colour; this call asks for --colour "
+            f"{colour}. Rerun without --colour to resume it, or choose a new --out."
+        )
 
 
 def _warn_copies(lab: Dataset, base_data: Dataset) -> None:
@@ -278,11 +317,20 @@ def _colour_mapped(
     ``lab-cells.csv`` (last: a rerun finds it and reads it back instead of mapping again).
     """
     listed = out / LAB_CELLS_CSV
+    inputs = _colour_inputs(lab, unlabelled, seed)
     if listed.is_file():
-        return load_dataset(listed)
+        made_from = out / LAB_CELLS_INPUTS
+        if made_from.is_file() and json.loads(made_from.read_text()) == inputs:
+            return load_dataset(listed)
+        if (out / MANIFEST).is_file():
+            raise ConfigError(
+                f"{out} was adapted from other reviewed cells, --unlabelled images or --seed "
+                "than this call's. Choose a new --out to adapt from these."
+            )
+        listed.unlink()  # begun from other inputs and not finished: map these instead
     out.mkdir(parents=True, exist_ok=True)
     cells = [lab.decode(record, None).pixels for record in lab.records]
-    extra = read_image_folder(Path(unlabelled))[0] if unlabelled is not None else []
+    extra = read_image_folder(Path(unlabelled), minimum=0)[0] if unlabelled is not None else []
     stage("adapt", f"colour statistics of {len(cells) + len(extra)} lab images")
     normaliser = fit_lab_colour(base, cells + extra, seed)
     atomic_write_json(out / COLOUR, normaliser.to_json())
@@ -293,8 +341,23 @@ def _colour_mapped(
         path = folder / f"{index:05d}-{record.path.stem}.png"
         save_png(normaliser.transform(pixels), path)
         rows.append(f"{_csv_cell(str(path.resolve()))},{record.label}\n")
+    atomic_write_json(out / LAB_CELLS_INPUTS, inputs)
     atomic_write_text(listed, "path,label\n" + "".join(rows))
     return load_dataset(listed)
+
+
+def _colour_inputs(lab: Dataset, unlabelled: Path | str | None, seed: int) -> dict:
+    """What the mapped cells were made from: cells and labels, the unlabelled files, the seed."""
+    folder = Path(unlabelled) if unlabelled is not None else None
+    return {
+        "cells": [[record.content_hash, record.label] for record in lab.records],
+        "unlabelled": (
+            None
+            if folder is None
+            else [path.relative_to(folder).as_posix() for path in iter_files(folder)]
+        ),
+        "seed": seed,
+    }
 
 
 def _replay_sample(base_run, split: str, count: float, seed: int) -> list:

@@ -47,12 +47,18 @@ def check_base_unmapped(base: RunDir) -> None:
         )
 
 
-def read_image_folder(folder: Path) -> tuple[list[np.ndarray], list[str]]:
+def read_image_folder(
+    folder: Path, minimum: int = MIN_IMAGES
+) -> tuple[list[np.ndarray], list[str]]:
     """A folder's readable images at their own size, and the files left out (listed on stderr).
 
+    Args:
+        folder: the lab's images, any layout.
+        minimum: fewest readable images the folder must hold (0 when other images of the lab
+            join it for the statistics, as the reviewed cells do).
+
     Raises:
-        DataError: ``folder`` is not a folder, or holds fewer than :data:`MIN_IMAGES` readable
-            images.
+        DataError: ``folder`` is not a folder, or holds fewer than ``minimum`` readable images.
     """
     if not folder.is_dir():
         raise DataError(f"--unlabelled {folder} is not a folder of images")
@@ -67,10 +73,10 @@ def read_image_folder(folder: Path) -> tuple[list[np.ndarray], list[str]]:
     if skipped:
         listed = "; ".join(skipped[:5])
         print(f"adapt: {len(skipped)} unreadable files left out: {listed}", file=sys.stderr)
-    if len(images) < MIN_IMAGES:
+    if len(images) < minimum:
         raise DataError(
             f"--unlabelled {folder} holds {len(images)} readable images; the lab's statistics "
-            f"need at least {MIN_IMAGES} (a few hundred, classes mixed, is better)"
+            f"need at least {minimum} (a few hundred, classes mixed, is better)"
         )
     return images, skipped
 
@@ -98,8 +104,9 @@ def fit_lab_colour(base: RunDir, lab_images: list[np.ndarray], seed: int) -> Col
     """
     if len(lab_images) < MIN_IMAGES:
         raise DataError(
-            f"{len(lab_images)} lab images are too few for the lab's colour statistics; they "
-            f"need at least {MIN_IMAGES} (add --unlabelled DIR with more of the lab's images)"
+            f"{len(lab_images)} lab images (reviewed cells and --unlabelled images) are too few "
+            f"for the lab's colour statistics; they need at least {MIN_IMAGES}. Add "
+            "--unlabelled DIR with more of the lab's images."
         )
     lab = crop_and_resize_all(lab_images, STATISTICS_SIZE)
     return ColourNormaliser.fit(lab, reference_images(base, seed), seed)
