@@ -9,6 +9,11 @@ images' own size, and resized to each member's input size.
     python benchmarks/member_robustness.py --run runs/pbc-cpu --data ../shared/data/pbc96 \
         --split val --members mobilenetv2-64-clean mobilenetv2-64 --out results/robustness-val.json
 
+With ``--medmnistc`` (the ``[eval]`` extra), a fourth copy: the report's MedMNIST-C copy
+(:func:`ensemble.corrupt.medmnistc.suite_copy`: severity 3, one of the suite's kinds per image
+in turn), a corruption family the project did not write and never trains on; the row then also
+holds the accuracy per kind.
+
 Each row is keyed ``LABEL:member/split`` (``--label``, default the run folder's name) and
 records, beside the accuracies, the member's recipe in one line and its training minutes (alone
 and with the stages it started from), so that results/recipe-ablation.md can be rendered from
@@ -27,6 +32,7 @@ import numpy as np
 
 from ensemble.core.artifacts import load_keras_model
 from ensemble.core.fileio import atomic_write_json
+from ensemble.corrupt.medmnistc import suite_copy
 from ensemble.corrupt.shifts import ZOOM, shifted_copy
 from ensemble.data.images import crop_and_resize
 from ensemble.data.sources import load_dataset
@@ -70,7 +76,8 @@ def recipe(run: RunDir, name: str) -> str:
     parts.append(f"from {spec.init_from}" if spec.init_from else "from scratch")
     parts.append(f"{spec.schedule.epochs} ep at {spec.schedule.learning_rate:g}")
     one = " (one per image)" if augmentation.corruption_mode == "one" else ""
-    parts.append(f"corruptions {augmentation.corruption_probability:g}{one}")
+    wide = " of the wide family" if augmentation.corruption_family == "wide" else ""
+    parts.append(f"corruptions {augmentation.corruption_probability:g}{one}{wide}")
     parts.append(f"zoom {augmentation.zoom_probability:g}")
     if spec.early_stopping.keep == "last":
         parts.append("last epoch")
@@ -101,6 +108,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="JSON file (updated, not replaced)")
     parser.add_argument("--label", default=None, help="row key prefix (default: the run's name)")
     parser.add_argument("--describe-only", action="store_true", help="add recipe and minutes")
+    parser.add_argument(
+        "--medmnistc", action="store_true", help="add the MedMNIST-C copy (the [eval] extra)"
+    )
     args = parser.parse_args()
 
     directory = RunDir.open(args.run)
@@ -116,6 +126,10 @@ def main() -> None:
     run = directory.with_data(load_dataset(directory.data_source(args.data)))
     images, labels = run.images(args.split, SOURCE_SIZE)
     versions = copies(images, args.seed)
+    suite_kinds: list[str] = []
+    if args.medmnistc:
+        corrupted, suite_kinds = suite_copy({SOURCE_SIZE: images}, args.seed)
+        versions["medmnistc"] = corrupted[SOURCE_SIZE]
     for name in args.members:
         model = load_keras_model(directory.model_path(name))
         size = model.input_shape[1]
@@ -123,7 +137,14 @@ def main() -> None:
         began = time.perf_counter()
         for version, batch in versions.items():
             probabilities, _ = member_outputs(model, resized(batch, size), tta=args.tta)
-            row[version] = round(float((probabilities.argmax(1) == labels).mean()), 4)
+            right = probabilities.argmax(1) == labels
+            row[version] = round(float(right.mean()), 4)
+            if version == "medmnistc":
+                applied = np.array(suite_kinds)
+                row["medmnistc_kinds"] = {
+                    kind: round(float(right[applied == kind].mean()), 4)
+                    for kind in dict.fromkeys(suite_kinds)
+                }
         row["seconds"] = round(time.perf_counter() - began, 1)
         row |= describe(directory, name)
         results[f"{label}:{name}/{args.split}{'/tta' if args.tta else ''}"] = row

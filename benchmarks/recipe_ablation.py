@@ -7,6 +7,8 @@ accuracy of single members on val and test, each with its recipe and training mi
 numbers are always regenerated and never typed by hand. ``{spread_table}`` becomes the
 seed-to-seed spread of ``--spread-run``'s members: members whose recipes differ only in their
 seed (and in which earlier stage of the same recipe they started from) form one group.
+Rows measured with ``--medmnistc`` fill the MedMNIST-C column (others show "—"), and
+``{medmnistc_table}`` becomes their accuracy per MedMNIST-C kind.
 
     python benchmarks/recipe_ablation.py --robustness results/recipe-ablation.json \
         --notes results/recipe-ablation-notes.md --out results/recipe-ablation.md
@@ -26,8 +28,9 @@ from ensemble.core.fileio import atomic_write_text
 def table(rows: dict, split: str) -> list[str]:
     """Markdown table of every measured member on one split, by run, then by minutes."""
     lines = [
-        "| run | member | recipe | minutes (with its stage 1) | clean | shifted | zoomed |",
-        "|---|---|---|---|---|---|---|",
+        "| run | member | recipe | minutes (with its stage 1) | clean | shifted | zoomed "
+        "| MedMNIST-C |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     measured = []
     for key, row in rows.items():
@@ -38,8 +41,34 @@ def table(rows: dict, split: str) -> list[str]:
     for run, total, name, row in sorted(measured, key=lambda item: item[:2]):
         lines.append(
             f"| {run} | {name} | {row['recipe']} | {row['minutes']:.1f} ({total:.1f}) | "
-            f"{row['clean']:.4f} | {row['shifted']:.4f} | {row['zoomed']:.4f} |"
+            f"{row['clean']:.4f} | {row['shifted']:.4f} | {row['zoomed']:.4f} | "
+            f"{_medmnistc(row)} |"
         )
+    return lines
+
+
+def _medmnistc(row: dict) -> str:
+    return f"{row['medmnistc']:.4f}" if "medmnistc" in row else "—"
+
+
+def medmnistc_table(rows: dict, split: str) -> list[str]:
+    """Accuracy per MedMNIST-C kind of every member measured with ``--medmnistc`` on a split."""
+    measured = {
+        key: row
+        for key, row in rows.items()
+        if "medmnistc_kinds" in row and key.split("/")[1:] == [split]
+    }
+    if not measured:
+        return [f"(no member measured with --medmnistc on {split})"]
+    kinds = list(next(iter(measured.values()))["medmnistc_kinds"])
+    lines = [
+        "| run | member | " + " | ".join(kinds) + " |",
+        "|---|---|" + "---|" * len(kinds),
+    ]
+    for key, row in measured.items():
+        run, rest = key.split(":", 1)
+        accuracies = " | ".join(f"{row['medmnistc_kinds'].get(kind, 0):.3f}" for kind in kinds)
+        lines.append(f"| {run} | {rest.split('/')[0]} | {accuracies} |")
     return lines
 
 
@@ -85,6 +114,7 @@ def main() -> None:
     notes = args.notes.read_text()
     for split in ("val", "test"):
         notes = notes.replace(f"{{{split}_table}}", "\n".join(table(rows, split)))
+    notes = notes.replace("{medmnistc_table}", "\n".join(medmnistc_table(rows, "val")))
     if args.spread_run:
         notes = notes.replace("{spread_table}", "\n".join(spread_table(rows, args.spread_run)))
     atomic_write_text(args.out, notes)

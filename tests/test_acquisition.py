@@ -1,9 +1,12 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from ensemble.core.errors import ConfigError
 from ensemble.corrupt import acquisition
-from ensemble.corrupt.acquisition import CORRUPTIONS, corrupt
+from ensemble.corrupt.acquisition import corrupt
+from ensemble.corrupt.kinds import CORRUPTIONS, FAMILIES, TRAINING, WIDE_TRAINING
 from ensemble.data.synthetic import make_arrays
 from ensemble.members.inputs import AugmentationConfig, training_dataset
 
@@ -138,3 +141,69 @@ def test_independent_is_the_default_mode(cells):
 def test_unknown_mode_named(cells):
     with pytest.raises(ValueError, match="mode must be one of \\['independent', 'one'\\]"):
         corrupt(cells, 0.5, SEED, mode="each")
+
+
+# The "wide" family: stronger casts and gammas, and three kinds of its own.
+WIDE_ONLY = {
+    "brightness": acquisition._brightness,
+    "contrast": acquisition._contrast,
+    "hed": acquisition._hed,
+}
+
+
+def test_the_wide_family_is_the_standard_kinds_and_its_own():
+    kinds, strength = FAMILIES["wide"]
+    assert kinds == CORRUPTIONS + tuple(WIDE_ONLY)
+    assert strength is WIDE_TRAINING
+    # stronger casts and gammas than the standard family's, which it contains
+    assert WIDE_TRAINING.stain_gains[0][0] < TRAINING.stain_gains[0][0]
+    assert WIDE_TRAINING.gammas[0][1] > TRAINING.gammas[0][1]
+
+
+@pytest.mark.parametrize("name", WIDE_ONLY)
+def test_each_wide_kind_changes_only_the_chosen_images(cells, name):
+    mask = np.arange(len(cells)) % 2 == 0
+    out = WIDE_ONLY[name](cells, mask, SEED, WIDE_TRAINING).numpy()
+    assert out.shape == cells.shape and out.dtype == np.float32
+    assert np.array_equal(out[~mask], cells[~mask])
+    for index in np.flatnonzero(mask):
+        assert np.abs(out[index] - cells[index]).mean() > 0.5, (name, index)
+
+
+def test_brightness_and_contrast_do_what_their_names_say(cells):
+    everywhere = np.ones(len(cells), bool)
+    half = replace(WIDE_TRAINING, brightness=(0.5, 0.5), contrast=(0.5, 0.5))
+    darker = acquisition._brightness(cells, everywhere, SEED, half).numpy()
+    np.testing.assert_allclose(darker, cells * 0.5, rtol=1e-5)
+    flatter = acquisition._contrast(cells, everywhere, SEED, half).numpy()
+    np.testing.assert_allclose(
+        flatter.std(axis=(1, 2, 3)), cells.std(axis=(1, 2, 3)) * 0.5, rtol=1e-4
+    )
+
+
+def test_hed_without_jitter_gives_the_image_back(cells):
+    """Into stain densities and back is the identity (up to float rounding and pure black)."""
+    everywhere = np.ones(len(cells), bool)
+    still = replace(WIDE_TRAINING, hed_scale=(1.0, 1.0), hed_shift=(0.0, 0.0))
+    out = acquisition._hed(np.maximum(cells, 1.0), everywhere, SEED, still).numpy()
+    np.testing.assert_allclose(out, np.maximum(cells, 1.0), atol=0.05)
+
+
+def test_wide_family_in_range_repeatable_and_the_standard_unchanged(cells):
+    many = np.concatenate([cells] * 10)
+    wide = corrupt(many, 1.0, SEED, mode="one", family="wide").numpy()
+    assert wide.min() >= 0.0 and wide.max() <= 255.0
+    assert np.array_equal(wide, corrupt(many, 1.0, SEED, mode="one", family="wide").numpy())
+    kinds = acquisition.one_corruption_kinds(len(many), 1.0, SEED, len(FAMILIES["wide"][0]))
+    assert kinds.numpy().max() >= len(CORRUPTIONS)  # its own kinds are drawn too
+    assert np.array_equal(
+        corrupt(many, 0.5, SEED, mode="one").numpy(),
+        corrupt(many, 0.5, SEED, mode="one", family="standard").numpy(),
+    )
+
+
+def test_unknown_family_named(cells):
+    with pytest.raises(ValueError, match="family must be one of \\['standard', 'wide'\\]"):
+        corrupt(cells, 0.5, SEED, family="strong")
+    with pytest.raises(ConfigError, match="Received: corruption_family='strong'"):
+        AugmentationConfig(corruption_family="strong")

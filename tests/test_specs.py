@@ -39,6 +39,11 @@ BAD_SPECS = [
         "Received: corruption_mode='each'",
     ),
     (
+        {"augmentation": {"corruption_family": "strong"}},
+        "augmentation.corruption_family must be one of \\['standard', 'wide'\\]. "
+        "Received: corruption_family='strong'",
+    ),
+    (
         {"init_from": "other", "weights": "imagenet"},
         "weights must be 'none' when init_from is set",
     ),

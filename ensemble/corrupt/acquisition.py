@@ -27,6 +27,10 @@ Every function takes a :class:`~ensemble.corrupt.kinds.Strength`: training draws
 :data:`~ensemble.corrupt.kinds.TRAINING` (the default), the report's shifted copies
 (:mod:`.shifts`) call the same functions at :data:`~ensemble.corrupt.kinds.EVALUATION`, inside
 the training ranges; :func:`apply_kind` applies one kind to a whole batch.
+A member's ``corruption_family`` (:data:`~ensemble.corrupt.kinds.FAMILIES`) chooses between
+these kinds at :data:`~ensemble.corrupt.kinds.TRAINING` and the ``"wide"`` family: the same
+kinds at stronger casts and gammas plus brightness, contrast and a stain jitter in HED space
+(:data:`~ensemble.corrupt.kinds.WIDE_TRAINING`).
 Everything works on float32 batches in the 0–255 range inside ``tf.data``, with stateless random
 ops: the same ``seed`` tensor always gives the same corruptions, whatever else the process did
 before (so training with a given seed is repeatable, also after a resume).
@@ -35,14 +39,15 @@ before (so training with a given seed is repeatable, also after a resume).
 from __future__ import annotations
 
 import math
+from functools import partial
 
-from ensemble.corrupt.kinds import CORRUPTIONS, TRAINING, Strength
+from ensemble.corrupt.kinds import CORRUPTIONS, FAMILIES, TRAINING, Strength
 
 CORRUPTION_MODES = ("independent", "one")  # several corruptions per image, or at most one
 DEFAULT_ZOOM_RANGE = TRAINING.zoom_scales[0][0]  # 0.65 = cell shown smaller, 2.2 = larger
 
 
-def corrupt(images, probability: float, seed, mode: str = "independent"):
+def corrupt(images, probability: float, seed, mode: str = "independent", family: str = "standard"):
     """Apply acquisition corruptions to a batch, each image drawn on its own.
 
     Args:
@@ -54,6 +59,8 @@ def corrupt(images, probability: float, seed, mode: str = "independent"):
             (several may stack on one image). ``"one"``: at most one corruption per image,
             chosen uniformly — as a lab's images differ in one way at a time, and a share
             ``1 - probability`` of the batch stays clean.
+        family: one of :data:`~ensemble.corrupt.kinds.FAMILIES`: which kinds, at which
+            strengths.
 
     Returns:
         A tensor of the same shape and range.
@@ -62,25 +69,34 @@ def corrupt(images, probability: float, seed, mode: str = "independent"):
 
     if mode not in CORRUPTION_MODES:
         raise ValueError(f"mode must be one of {list(CORRUPTION_MODES)}. Received: mode={mode!r}")
-    corruptions = [FUNCTIONS[kind] for kind in CORRUPTIONS]
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {list(FAMILIES)}. Received: family={family!r}")
+    kinds_of_family, strength = FAMILIES[family]
+    corruptions = [partial(FUNCTIONS[kind], strength=strength) for kind in kinds_of_family]
     if mode == "one":
-        kinds = one_corruption_kinds(tf.shape(images)[0], probability, seed)
+        kinds = one_corruption_kinds(tf.shape(images)[0], probability, seed, len(corruptions))
         for index, corruption in enumerate(corruptions):
             images = _corrupt_subset(corruption, images, tf.equal(kinds, index), seed, index)
         return tf.clip_by_value(images, 0.0, 255.0)
     batch = tf.shape(images)[0]
-    seeds = iter(tf.unstack(tf.random.experimental.stateless_split(seed, 2 * len(CORRUPTIONS))))
+    seeds = iter(tf.unstack(tf.random.experimental.stateless_split(seed, 2 * len(corruptions))))
     for corruption in corruptions:
         chosen = tf.random.stateless_uniform([batch], next(seeds)) < probability
         images = corruption(images, chosen, next(seeds))
     return tf.clip_by_value(images, 0.0, 255.0)
 
 
-def one_corruption_kinds(batch, probability: float, seed):
+def one_corruption_kinds(batch, probability: float, seed, count: int = len(CORRUPTIONS)):
     """Which corruption each image of a batch gets in the ``"one"`` mode of :func:`corrupt`.
 
+    Args:
+        batch: the number of images.
+        probability: the chance that an image gets a corruption.
+        seed: shape ``[2]`` integer stateless-random seed.
+        count: how many kinds there are to choose from (the family's).
+
     Returns:
-        ``(batch,)`` int32 tensor: an index into :data:`CORRUPTIONS`, or -1 for an image left
+        ``(batch,)`` int32 tensor: an index into the family's kinds, or -1 for an image left
         clean (with probability ``1 - probability``).
     """
     import tensorflow as tf
@@ -88,7 +104,7 @@ def one_corruption_kinds(batch, probability: float, seed):
     one_seed = tf.random.experimental.stateless_fold_in(seed, 1)
     apply_seed, kind_seed = tf.unstack(tf.random.experimental.stateless_split(one_seed, 2))
     applied = tf.random.stateless_uniform([batch], apply_seed) < probability
-    kinds = tf.random.stateless_uniform([batch], kind_seed, 0, len(CORRUPTIONS), dtype=tf.int32)
+    kinds = tf.random.stateless_uniform([batch], kind_seed, 0, count, dtype=tf.int32)
     return tf.where(applied, kinds, -tf.ones_like(kinds))
 
 
@@ -340,6 +356,52 @@ def _jpeg(images, mask, seed, strength: Strength = TRAINING):
     )
 
 
+def _brightness(images, mask, seed, strength: Strength = TRAINING):
+    import tensorflow as tf
+
+    low, high = (math.log(value) for value in strength.brightness)
+    gain = tf.exp(_uniform(tf.shape(images)[0], seed, low, high))
+    return _select(mask, images * gain, images)
+
+
+#: The luminance weights of ITU-R 601 (PIL's "L" mode), for the contrast's mean grey.
+_LUMINANCE = (0.299, 0.587, 0.114)
+
+
+def _contrast(images, mask, seed, strength: Strength = TRAINING):
+    import tensorflow as tf
+
+    low, high = (math.log(value) for value in strength.contrast)
+    factor = tf.exp(_uniform(tf.shape(images)[0], seed, low, high))
+    grey = tf.reduce_sum(images * tf.constant(_LUMINANCE, tf.float32), axis=-1, keepdims=True)
+    mean = tf.reduce_mean(grey, axis=[1, 2, 3], keepdims=True)
+    return _select(mask, mean + (images - mean) * factor, images)
+
+
+#: Optical density of haematoxylin, eosin and DAB in R, G, B (rows; Ruifrok & Johnston 2001,
+#: scikit-image's ``rgb_from_hed``).
+_RGB_FROM_HED = ((0.65, 0.70, 0.29), (0.07, 0.99, 0.11), (0.27, 0.57, 0.78))
+
+
+def _hed(images, mask, seed, strength: Strength = TRAINING):
+    """Stain jitter: each stain's optical density scaled and shifted (Tellez et al. 2018)."""
+    import tensorflow as tf
+
+    rgb_from_hed = tf.constant(_RGB_FROM_HED, tf.float32)
+    hed_from_rgb = tf.linalg.inv(rgb_from_hed)
+    batch = tf.shape(images)[0]
+    scale_seed, shift_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    density = -tf.math.log(tf.maximum(images, 1.0) / 255.0)  # 0 for white
+    # Not clipped at 0 (as scikit-image's rgb2hed does): colours outside the three stains'
+    # cone keep their negative densities, so that no jitter gives the image back exactly.
+    stains = tf.einsum("bhwc,cs->bhws", density, hed_from_rgb)
+    scale = _uniform(batch, scale_seed, *strength.hed_scale, channels=3)
+    shift = _uniform(batch, shift_seed, *strength.hed_shift, channels=3)
+    stains = stains * scale + shift
+    jittered = 255.0 * tf.exp(-tf.einsum("bhws,sc->bhwc", stains, rgb_from_hed))
+    return _select(mask, jittered, images)
+
+
 #: Each corruption kind's function (``images, mask, seed, strength`` → images).
 FUNCTIONS = {
     "rotation": _rotate,
@@ -349,6 +411,9 @@ FUNCTIONS = {
     "blur": _blur,
     "noise": _noise,
     "jpeg": _jpeg,
+    "brightness": _brightness,
+    "contrast": _contrast,
+    "hed": _hed,
 }
 
 

@@ -21,11 +21,24 @@ zoom       scale 0.65–2.2 (log-uniform)      1.25–2× (two in three) or 0.7�
 =========  ================================  =========================================
 
 Scales and gammas are drawn log-uniformly; "either way" draws a magnitude and a sign.
+
+A member trains on one of two corruption *families* (its spec's
+``augmentation.corruption_family``): ``"standard"``, the kinds above at :data:`TRAINING`, or
+``"wide"`` (:data:`WIDE_TRAINING`), for the colour and exposure kinds where a peer's suite
+(MedMNIST-C) found the standard family narrow — stronger casts and gammas, and three kinds
+the shifted copies never use:
+
+==========  ==================================================================
+brightness  one gain for all channels, 0.45–1.5 (an exposure time or lamp)
+contrast    blend with the image's mean grey, factor 0.4–1.5 (camera contrast)
+hed         stain jitter in haematoxylin–eosin–DAB optical density: each
+            stain's density scaled by 0.8–1.2 and shifted by ±0.08 (Tellez et al. 2018)
+==========  ==================================================================
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 #: Every kind, in the order a microscope and a file format would apply them (zoom, the optics,
 #: is applied first by the training pipeline, separately from the others).
@@ -33,6 +46,9 @@ KINDS = ("rotation", "stain", "exposure", "hue", "blur", "noise", "jpeg", "zoom"
 
 #: The kinds that are corruptions of an image's look (all but zoom).
 CORRUPTIONS = KINDS[:-1]
+
+#: The kinds of the ``"wide"`` training family: the standard ones, then three of its own.
+WIDE_CORRUPTIONS = CORRUPTIONS + ("brightness", "contrast", "hed")
 
 Range = tuple[float, float]
 
@@ -54,6 +70,10 @@ class Strength:
         noise_sigma: the sensor noise σ's range, in grey levels.
         jpeg_quality: the JPEG quality's range (both ends included).
         zoom_scales: one or more ranges of the scale factor, with their weights.
+        brightness: the range of one gain for all channels (``"wide"`` family only).
+        contrast: the range of the blend factor with the mean grey (``"wide"`` family only).
+        hed_scale: the range of each optical-density channel's factor (``"wide"`` only).
+        hed_shift: the range of each optical-density channel's offset (``"wide"`` only).
     """
 
     rotation_degrees: Range
@@ -67,6 +87,10 @@ class Strength:
     noise_sigma: Range
     jpeg_quality: tuple[int, int]
     zoom_scales: tuple[tuple[Range, float], ...]
+    brightness: Range = (1.0, 1.0)
+    contrast: Range = (1.0, 1.0)
+    hed_scale: Range = (1.0, 1.0)
+    hed_shift: Range = (0.0, 0.0)
 
 
 TRAINING = Strength(
@@ -83,6 +107,18 @@ TRAINING = Strength(
     zoom_scales=(((0.65, 2.2), 1.0),),
 )
 
+#: The ``"wide"`` family's strengths: stronger casts and gammas than :data:`TRAINING`, and the
+#: ranges of its own kinds.
+WIDE_TRAINING = replace(
+    TRAINING,
+    stain_gains=((0.6, 1.4),) * 3,
+    gammas=((0.4, 2.5),),
+    brightness=(0.45, 1.5),
+    contrast=(0.4, 1.5),
+    hed_scale=(0.8, 1.2),
+    hed_shift=(-0.08, 0.08),
+)
+
 EVALUATION = Strength(
     rotation_degrees=(15.0, 75.0),
     rotation_either_way=True,
@@ -96,3 +132,6 @@ EVALUATION = Strength(
     jpeg_quality=(10, 29),
     zoom_scales=(((1.25, 2.0), 2 / 3), ((0.7, 0.85), 1 / 3)),
 )
+
+#: The training families a member spec can name: each its corruption kinds and strengths.
+FAMILIES = {"standard": (CORRUPTIONS, TRAINING), "wide": (WIDE_CORRUPTIONS, WIDE_TRAINING)}

@@ -16,6 +16,7 @@ import numpy as np
 from ensemble.core.errors import ConfigError
 from ensemble.core.validation import check_choice, check_range
 from ensemble.corrupt.acquisition import CORRUPTION_MODES, DEFAULT_ZOOM_RANGE
+from ensemble.corrupt.kinds import FAMILIES
 
 #: The report's best RandAugment setting.
 DEFAULT_MAGNITUDE = 0.45
@@ -33,6 +34,8 @@ class AugmentationConfig:
     #   hue, rotation, blur, noise, JPEG; ensemble.corrupt.acquisition) per image; 0 disables them
     corruption_mode: str = "independent"  # "independent": each corruption with that chance;
     #   "one": with that chance an image gets exactly one, chosen uniformly (the rest stay clean)
+    corruption_family: str = "standard"  # "standard" or "wide": stronger casts and gammas, plus
+    #   brightness, contrast and HED stain jitter (ensemble.corrupt.kinds)
     zoom_probability: float = 0.0  # chance that an image is shown larger or smaller; 0 disables
     zoom_min: float = DEFAULT_ZOOM_RANGE[0]  # smallest scale factor (< 1: cell shown smaller)
     zoom_max: float = DEFAULT_ZOOM_RANGE[1]  # largest scale factor (2 = cell twice as large)
@@ -42,6 +45,7 @@ class AugmentationConfig:
         check_range(self, "randaugment_per_image", 0)
         check_range(self, "corruption_probability", 0, 1)
         check_choice(self, "corruption_mode", CORRUPTION_MODES)
+        check_choice(self, "corruption_family", tuple(FAMILIES))
         check_range(self, "zoom_probability", 0, 1)
         check_range(self, "zoom_min", 0, 1, low_open=True)
         check_range(self, "zoom_max", 1, 4)
@@ -179,6 +183,7 @@ def training_dataset(
                 augmentation.corruption_probability,
                 corruption_seed,
                 mode=augmentation.corruption_mode,
+                family=augmentation.corruption_family,
             )
         return (batch_images, *rest)
 
