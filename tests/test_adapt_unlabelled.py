@@ -175,3 +175,26 @@ def test_out_must_be_a_new_folder(fitted_ci_run, lab, tmp_path, capsys):
     assert (busy / "keep.txt").read_text() == "mine"  # never emptied
     code, _, err = run_cli([*args, "--out", fitted_ci_run.parent], capsys)
     assert code == 2 and "would hold the base run" in err
+
+
+def test_a_cell_both_reviewed_and_unlabelled_counts_once_in_the_colour_statistics(monkeypatch):
+    from ensemble.core.errors import DataError
+    from ensemble.serve import lab_colour
+
+    rng = np.random.default_rng(0)
+    first, second = (rng.integers(0, 256, (20, 20, 3), dtype=np.uint8) for _ in range(2))
+    same_pixels_other_shape = first.reshape(10, 40, 3)
+    distinct = lab_colour.distinct_images([first, second, first.copy(), same_pixels_other_shape])
+    assert [image.shape for image in distinct] == [(20, 20, 3), (20, 20, 3), (10, 40, 3)]
+    assert np.array_equal(distinct[0], first) and np.array_equal(distinct[1], second)
+
+    fitted = {}
+    monkeypatch.setattr(lab_colour, "reference_images", lambda base, seed: "reference")
+    monkeypatch.setattr(
+        lab_colour.ColourNormaliser, "fit", lambda lab, reference, seed: fitted.update(n=len(lab))
+    )
+    monkeypatch.setattr(lab_colour, "MIN_IMAGES", 2)
+    lab_colour.fit_lab_colour(None, [first, second, first, first], seed=0)
+    assert fitted["n"] == 2
+    with pytest.raises(DataError, match="1 distinct lab images .* too few"):
+        lab_colour.fit_lab_colour(None, [first, first, first], seed=0)

@@ -10,6 +10,7 @@ images, the training images the reference statistics come from, and the fit.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -91,21 +92,39 @@ def reference_images(base: RunDir, seed: int) -> np.ndarray:
     return crop_and_resize_all(decoded, STATISTICS_SIZE)
 
 
+def distinct_images(images: list[np.ndarray]) -> list[np.ndarray]:
+    """``images`` without pixel-identical repeats, first occurrences in order.
+
+    A reviewed cell that is also in the ``--unlabelled`` folder counts once in the lab's
+    statistics.
+    """
+    seen: set[bytes] = set()
+    distinct = []
+    for image in images:
+        key = hashlib.sha256(repr(image.shape).encode() + image.tobytes()).digest()
+        if key not in seen:
+            seen.add(key)
+            distinct.append(image)
+    return distinct
+
+
 def fit_lab_colour(base: RunDir, lab_images: list[np.ndarray], seed: int) -> ColourNormaliser:
     """The map from the lab's pooled colour statistics onto the base run's training images'.
 
     Args:
         base: the base run (its training images are the reference).
-        lab_images: the lab's images at any size (cropped and resized for the statistics).
+        lab_images: the lab's images at any size (cropped and resized for the statistics);
+            pixel-identical repeats count once.
         seed: seeds the reference sample and the pixel sample.
 
     Raises:
         DataError: fewer than :data:`MIN_IMAGES` lab images.
     """
+    lab_images = distinct_images(lab_images)
     if len(lab_images) < MIN_IMAGES:
         raise DataError(
-            f"{len(lab_images)} lab images (reviewed cells and --unlabelled images) are too few "
-            f"for the lab's colour statistics; they need at least {MIN_IMAGES}. Add "
+            f"{len(lab_images)} distinct lab images (reviewed cells and --unlabelled images) "
+            f"are too few for the lab's colour statistics; they need at least {MIN_IMAGES}. Add "
             "--unlabelled DIR with more of the lab's images."
         )
     lab = crop_and_resize_all(lab_images, STATISTICS_SIZE)
