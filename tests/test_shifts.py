@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 
 from ensemble.corrupt import acquisition
-from ensemble.corrupt.kinds import CORRUPTIONS, EVALUATION, KINDS, TRAINING
+from ensemble.corrupt.kinds import (
+    CORRUPTIONS,
+    EVALUATION,
+    FAMILIES,
+    KINDS,
+    TRAINING,
+    WIDE_TRAINING,
+)
 from ensemble.corrupt.shifts import SHIFTS, ZOOM, shift_batch, shift_image, shifted_copy
 from ensemble.data.synthetic import make_arrays
 
@@ -33,7 +40,21 @@ def test_unknown_shift():
 
 def test_one_vocabulary_trained_on_x_is_tested_on_x():
     assert set(SHIFTS) == set(CORRUPTIONS) and ZOOM in KINDS
-    assert set(acquisition.FUNCTIONS) == set(CORRUPTIONS)
+    # every kind of every training family has its function; the shifted copy tests the
+    # standard family, and the wide family's own kinds are trained on only
+    family_kinds = {kind for kinds, _ in FAMILIES.values() for kind in kinds}
+    assert set(acquisition.FUNCTIONS) == family_kinds
+    assert family_kinds - set(SHIFTS) == {"brightness", "contrast", "hed"}
+
+
+def test_the_wide_family_contains_the_standard_training_ranges():
+    def inside(inner, outer):
+        return outer[0] <= inner[0] and inner[1] <= outer[1]
+
+    assert inside(TRAINING.stain_gains[0], WIDE_TRAINING.stain_gains[0])
+    assert inside(TRAINING.gammas[0], WIDE_TRAINING.gammas[0])
+    unchanged = ("hue_shift", "saturation", "noise_sigma", "jpeg_quality", "blur_sigmas_at_96px")
+    assert all(getattr(TRAINING, key) == getattr(WIDE_TRAINING, key) for key in unchanged)
 
 
 @pytest.mark.parametrize("kind", SHIFTS)
