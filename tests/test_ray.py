@@ -93,7 +93,9 @@ def test_parallel_training_equals_sequential(cluster, ci, synthetic_folder, tmp_
     tiny-a uses keras-cv RandAugment, whose stateful random ops draw in the order the parallel
     ``tf.data`` map happens to run them: measured on this machine, its weights differ by up to
     0.08 between the two (batch-norm statistics most), so for it (and the one-vs-rest heads on
-    it) the check is the same architecture, the same epochs and validation accuracy within 0.15.
+    it) the check is the same architecture and the same epochs. Not the validation accuracy:
+    on 16 validation images one image is 6 points, and two tiny members at chance level were
+    seen 19 points apart.
     """
     import subprocess
     import sys
@@ -128,7 +130,6 @@ def test_parallel_training_equals_sequential(cluster, ci, synthetic_folder, tmp_
             for folder in (run, sequential)
         )
         assert mine["epochs_run"] == other["epochs_run"], name
-        assert abs(mine["val_accuracy"] - other["val_accuracy"]) <= 0.15, name
     # Artifacts written by the workers follow the umask (022 → 0644); no claims are left.
     for path in (run / "members" / "tiny-a").rglob("*"):
         if path.is_file():
