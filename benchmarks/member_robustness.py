@@ -60,17 +60,16 @@ def minutes(run: RunDir, name: str) -> tuple[float, float]:
     """Training minutes of ``name`` alone, and including the stages it started from."""
     own = run.training_metrics(name)["train_seconds"] / 60
     spec = run.member_spec(name)
-    before = (
-        minutes(run, spec.init_from)[1]
-        if spec.init_from and run.is_finished(spec.init_from)
-        else 0.0
-    )
+    start = spec.ovr.base_member if spec.kind == "ovr" else spec.init_from
+    before = minutes(run, start)[1] if start and run.is_finished(start) else 0.0
     return own, own + before
 
 
 def recipe(run: RunDir, name: str) -> str:
     """One line: size, start, epochs, rate and augmentation of a member."""
     spec = run.member_spec(name)
+    if spec.kind == "ovr":
+        return f"one-vs-rest heads on {spec.ovr.base_member}'s features, seed {spec.seed}"
     augmentation = spec.augmentation
     parts = [f"{spec.backbone} {spec.input_size} px"]
     parts.append(f"from {spec.init_from}" if spec.init_from else "from scratch")
