@@ -73,8 +73,9 @@ def medmnistc_table(rows: dict, split: str) -> list[str]:
 
 
 def recipe_without_seed(recipe: str) -> str:
-    """A recipe line with its seed left out and the stage it started from named generically."""
+    """A recipe line with its seed left out, its start and teachers named generically."""
     recipe = re.sub(r", seed \d+$", "", recipe)
+    recipe = re.sub(r"taught by [^ ]+ ", "taught by it ", recipe)
     return re.sub(r"from (?!scratch)[^,]+", "from its clean stage", recipe)
 
 
